@@ -1,0 +1,69 @@
+"""Small helpers shared by the empirical-kernel methods: functional calls, chunking, modes."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+MODES = ("trace", "full", "diagonal")
+
+# Default cap on the bytes of Jacobian-sized intermediates held at once (per-sample Jacobians,
+# vjp tangents, structured features). 1 GiB keeps width 4096 far inside a 24 GB machine.
+DEFAULT_MEMORY_BUDGET_BYTES = 1 << 30
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown NTK mode {mode!r}; known: {', '.join(MODES)}")
+
+
+def split_parameters(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(trainable parameters, everything else the forward needs: frozen params and buffers).
+
+    Only parameters with ``requires_grad=True`` enter the NTK: frozen ones are not trained.
+    """
+    trainable = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    fixed = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
+    fixed.update({k: v.detach() for k, v in model.named_buffers()})
+    return trainable, fixed
+
+
+def functional_forward(model: nn.Module, fixed: dict[str, Tensor]) -> Callable:
+    """f(params, x) -> (N, O): the model's forward as a pure function of its parameters."""
+
+    def f(params: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(model, {**params, **fixed}, (x,))
+
+    return f
+
+
+def output_dim(model: nn.Module, x: Tensor) -> int:
+    """O, from one forward pass on one sample (cheap; no graph)."""
+    with torch.no_grad():
+        return model(x[:1]).shape[-1]
+
+
+def chunk_size(bytes_per_sample: int, budget_bytes: int, n: int) -> int:
+    """How many samples fit in ``budget_bytes`` (at least 1, at most n)."""
+    return int(max(1, min(n, budget_bytes // max(1, bytes_per_sample))))
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def reduce_full(theta_full: Tensor, mode: str) -> Tensor:
+    """(N1, N2, O, O) -> the requested mode: trace (N1, N2), diagonal (N1, N2, O) or full."""
+    if mode == "full":
+        return theta_full
+    diag = torch.diagonal(theta_full, dim1=-2, dim2=-1)  # (N1, N2, O)
+    return diag if mode == "diagonal" else diag.mean(-1)
+
+
+def empty_kernel(n1: int, n2: int, out_dim: int, mode: str, like: Tensor) -> Tensor:
+    shape = {"trace": (n1, n2), "diagonal": (n1, n2, out_dim), "full": (n1, n2, out_dim, out_dim)}
+    return torch.zeros(shape[mode], dtype=like.dtype, device=like.device)

@@ -1,0 +1,187 @@
+"""The empirical (finite-width) neural tangent kernel, by several methods that agree.
+
+    Θ_op(x, x') = Σ_p ∂f_o(x; θ)/∂p · ∂f_p(x'; θ)/∂p      (all trainable weights and biases)
+
+Methods (DESIGN.md §6):
+    ``jacrev``      per-sample Jacobians with ``torch.func.vmap(jacrev(...))`` contracted with
+                    einsum — the torch.func tutorial recipe, any module; the reference.
+    ``ntvp``        NTK-vector products: ``vjp`` gives Jᵀe for each output basis vector e of
+                    f(x2), ``jvp`` pushes it through f(x1) — any module, no O²·P contraction.
+    ``structured``  the per-layer factorization of :mod:`ntk_lab.kernels.structured`; MLP only.
+    ``auto``        ``structured`` for an MLP, otherwise the cheaper of the two general methods.
+Modes: ``trace`` (N1, N2) — the MEAN over outputs of the diagonal blocks, neural-tangents'
+``trace_axes=(-1,)`` convention; ``diagonal`` (N1, N2, O); ``full`` (N1, N2, O, O).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.func import jacrev, jvp, vjp, vmap
+
+from ntk_lab.kernels._common import (
+    DEFAULT_MEMORY_BUDGET_BYTES, check_mode, chunk_size, chunks, empty_kernel,
+    functional_forward, output_dim, reduce_full, split_parameters,
+)
+from ntk_lab.kernels.structured import structured_jacobian_sq_distance, structured_ntk
+from ntk_lab.models import unwrap_mlp
+
+METHODS = ("auto", "jacrev", "ntvp", "structured")
+
+
+def empirical_ntk(
+    model: nn.Module,
+    x1: Tensor,
+    x2: Tensor | None = None,
+    *,
+    method: str = "auto",
+    mode: str = "trace",
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+) -> Tensor:
+    """Empirical NTK of ``model`` between x1 and x2.
+
+    Args:
+        model: any module mapping a batch (N, …) to (N, O) with no interaction between samples.
+        x1: (N1, …) inputs; x2: (N2, …) inputs, or None for x1.
+        method: "auto", "jacrev", "ntvp" or "structured" (see the module docstring).
+        mode: "trace" -> (N1, N2); "diagonal" -> (N1, N2, O); "full" -> (N1, N2, O, O).
+        memory_budget_bytes: cap on Jacobian-sized intermediates held at once; samples are
+            processed in chunks that fit.
+
+    Returns:
+        Θ in the model's dtype, on its device; no autograd graph.
+    """
+    check_mode(mode)
+    method = resolve_method(model, x1, x2, method)
+    if method == "structured":
+        mlp, alpha = unwrap_mlp(model)
+        return structured_ntk(mlp, x1, x2, mode, memory_budget_bytes, scale=alpha)
+    if method == "jacrev":
+        return _jacrev_ntk(model, x1, x2, mode, memory_budget_bytes)
+    return _ntvp_ntk(model, x1, x2, mode, memory_budget_bytes)
+
+
+def resolve_method(model: nn.Module, x1: Tensor, x2: Tensor | None, method: str) -> str:
+    """The concrete method ``auto`` stands for, after checking the name.
+
+    ``auto``: ``structured`` for an MLP (or a ScaledOutput around one); otherwise compare
+    rough operation counts — jacrev: N·O backward rows plus the N1·N2·O²·P contraction;
+    ntvp: N2·O vjps plus N2·O jvps over N1 samples (≈ 3·N1·N2·O·P) — and take the cheaper.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown NTK method {method!r}; known: {', '.join(METHODS)}")
+    mlp, _ = unwrap_mlp(model)
+    if method == "structured" and mlp is None:
+        raise ValueError(f"ntk method 'structured' needs ntk_lab.models.MLP (or ScaledOutput "
+                         f"around one), got {type(model).__name__}; use 'jacrev', 'ntvp' or 'auto'")
+    if method != "auto":
+        return method
+    if mlp is not None:
+        return "structured"
+    n1 = len(x1)
+    n2 = n1 if x2 is None else len(x2)
+    out = output_dim(model, x1)
+    n_params = sum(p.numel() for p in split_parameters(model)[0].values())
+    cost_jacrev = (n1 + n2) * out * n_params * 3 + n1 * n2 * out * out * n_params
+    cost_ntvp = n2 * out * n_params * 3 + 3 * n1 * n2 * out * n_params
+    return "jacrev" if cost_jacrev <= cost_ntvp else "ntvp"
+
+
+# --------------------------------------------------------------------------- jacrev
+def per_sample_jacobians(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """∂f(x_i)/∂θ for each sample: {name: (N, O, numel)}, by vmap(jacrev) over samples."""
+    params, fixed = split_parameters(model)
+    f = functional_forward(model, fixed)
+
+    def f_one(p: dict[str, Tensor], xi: Tensor) -> Tensor:
+        return f(p, xi.unsqueeze(0)).squeeze(0)  # (O,)
+
+    jac = vmap(jacrev(f_one), in_dims=(None, 0))(params, x)
+    return {k: v.reshape(v.shape[0], v.shape[1], -1) for k, v in jac.items()}
+
+
+def _contract(j1: dict[str, Tensor], j2: dict[str, Tensor], mode: str) -> Tensor:
+    """Σ over parameter tensors of J1 J2ᵀ, reduced to ``mode``."""
+    pattern = {"trace": "aop,bop->ab", "diagonal": "aop,bop->abo", "full": "aop,bqp->aboq"}[mode]
+    total = sum(torch.einsum(pattern, j1[k], j2[k]) for k in j1)
+    if mode == "trace":
+        total = total / next(iter(j1.values())).shape[1]
+    return total
+
+
+def _jacrev_ntk(model: nn.Module, x1: Tensor, x2: Tensor | None, mode: str, budget: int) -> Tensor:
+    same = x2 is None
+    x2 = x1 if same else x2
+    out = output_dim(model, x1)
+    n_params = sum(p.numel() for p in split_parameters(model)[0].values())
+    size = chunk_size(out * n_params * x1.element_size(), budget // 2, max(len(x1), len(x2)))
+    result = empty_kernel(len(x1), len(x2), out, mode, x1)
+    cache_x2 = size >= len(x2)  # all of J2 fits in half the budget: compute it once
+    j2_all = per_sample_jacobians(model, x2) if cache_x2 and not same else None
+    for s1 in chunks(len(x1), size):
+        j1 = per_sample_jacobians(model, x1[s1])
+        if same and size >= len(x1):
+            return _contract(j1, j1, mode)
+        for s2 in chunks(len(x2), size):
+            if j2_all is not None:
+                j2 = {k: v[s2] for k, v in j2_all.items()}
+            elif same and s1 == s2:
+                j2 = j1
+            else:
+                j2 = per_sample_jacobians(model, x2[s2])
+            result[s1, s2] = _contract(j1, j2, mode)
+    return result
+
+
+# --------------------------------------------------------------------------- ntvp
+def _ntvp_ntk(model: nn.Module, x1: Tensor, x2: Tensor | None, mode: str, budget: int) -> Tensor:
+    """Θ by NTK-vector products: columns J1 (J2ᵀ e_{b,q}) for every sample b and output q."""
+    x2 = x1 if x2 is None else x2
+    params, fixed = split_parameters(model)
+    f = functional_forward(model, fixed)
+    out = output_dim(model, x1)
+    n_params = sum(p.numel() for p in params.values())
+    size2 = chunk_size(out * n_params * x1.element_size(), budget // 2, len(x2))
+    result = torch.zeros(len(x1), len(x2), out, out, dtype=x1.dtype, device=x1.device)
+    for s2 in chunks(len(x2), size2):
+        xb = x2[s2]
+        nb = xb.shape[0]
+        _, pullback = vjp(lambda p: f(p, xb), params)
+        basis = torch.eye(nb * out, dtype=x1.dtype, device=x1.device).reshape(nb * out, nb, out)
+        tangents = vmap(pullback)(basis)[0]  # {name: (nb·O, *shape)} = rows of J2
+        push = lambda t: jvp(lambda p: f(p, x1), (params,), (t,))[1]  # (N1, O)  # noqa: E731
+        cols = vmap(push)(tangents)  # (nb·O, N1, O): cols[b·O+q, a, o] = Θ_oq(x1_a, x2_b)
+        result[:, s2] = cols.reshape(nb, out, len(x1), out).permute(2, 0, 3, 1)
+    return reduce_full(result, mode)
+
+
+# --------------------------------------------------------------------------- Jacobian change
+def jacobian_change(
+    model_t: nn.Module,
+    model_0: nn.Module,
+    x: Tensor,
+    *,
+    method: str = "auto",
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+) -> float:
+    """‖J_t − J_0‖_F / ‖J_0‖_F with J = ∂f/∂θ on x (N, …) — DESIGN.md's ``jac_change``.
+
+    Structured for MLPs (Gram expansion in float64); otherwise per-sample Jacobians of both
+    models in chunks, differenced directly.
+    """
+    method = resolve_method(model_t, x, None, method)
+    mlp_t, alpha = unwrap_mlp(model_t)
+    mlp_0, _ = unwrap_mlp(model_0)
+    if method == "structured":
+        dist2, norm2 = structured_jacobian_sq_distance(mlp_t, mlp_0, x, memory_budget_bytes, alpha)
+        return (dist2 / norm2) ** 0.5 if norm2 > 0 else float("nan")
+    out = output_dim(model_0, x)
+    n_params = sum(p.numel() for p in split_parameters(model_0)[0].values())
+    size = chunk_size(2 * out * n_params * x.element_size(), memory_budget_bytes, len(x))
+    dist2, norm2 = 0.0, 0.0
+    for s in chunks(len(x), size):
+        jt, j0 = per_sample_jacobians(model_t, x[s]), per_sample_jacobians(model_0, x[s])
+        for k in j0:
+            dist2 += (jt[k] - j0[k]).double().pow(2).sum().item()
+            norm2 += j0[k].double().pow(2).sum().item()
+    return (dist2 / norm2) ** 0.5 if norm2 > 0 else float("nan")

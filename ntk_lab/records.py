@@ -1,0 +1,213 @@
+"""A run folder on disk: write it atomically, read it back.
+
+Layout (DESIGN.md §5)::
+
+    <run_dir>/metrics.csv    one row per checkpoint step
+    <run_dir>/summary.json   resolved config, final metrics, status, message, wall time
+    <run_dir>/kernels.pt     probe inputs, Θ_∞, NNGP_∞, Θ at each checkpoint (plain tensors)
+    <run_dir>/plots/         single-run figures
+
+Every file is written to a temporary name in the same folder and then renamed, so a run that
+is interrupted never leaves a half-written file. The analysis stage reads runs only through
+:func:`find_runs` and :func:`read_run`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import torch
+
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+KERNELS_FILE = "kernels.pt"
+PLOTS_DIR = "plots"
+
+# Status values of summary.json. "running" is written when a run starts, so a run killed
+# without warning (SIGKILL, node loss) is recognisable as incomplete.
+STATUS_RUNNING = "running"
+STATUS_OK = "ok"
+STATUS_DIVERGED = "diverged"
+STATUS_INTERRUPTED = "interrupted"
+STATUS_FAILED = "failed"
+FINISHED_STATUSES = (STATUS_OK, STATUS_DIVERGED)
+
+# The leading columns of metrics.csv, in this order (DESIGN.md §5); others follow sorted.
+METRIC_COLUMNS = (
+    "step", "time", "train_loss", "test_loss", "kappa", "kernel_distance", "ntk_err_inf",
+    "param_change", "jac_change",
+)
+
+
+def _atomic_write(path: Path, write: Any, mode: str) -> None:
+    """Write through ``write(file)`` to a temporary file beside ``path``, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    _atomic_write(path, lambda f: f.write(text), "w")
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn tensors, numpy scalars and non-finite floats into JSON-safe values."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.tolist())
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf; the status and message say why
+    return value
+
+
+def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> None:
+    """Write ``summary.json`` atomically."""
+    text = json.dumps(_jsonable(summary), indent=2, sort_keys=True)
+    atomic_write_text(Path(run_dir) / SUMMARY_FILE, text + "\n")
+
+
+def metrics_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Column order: DESIGN.md §5's fixed columns, then every other key sorted."""
+    keys: set[str] = set()
+    for row in rows:
+        keys.update(row)
+    fixed = [c for c in METRIC_COLUMNS if c in keys or c in ("step", "time")]
+    return fixed + sorted(keys - set(fixed))
+
+
+def write_metrics(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write all checkpoint rows to ``metrics.csv`` atomically (the whole file each time)."""
+    columns = metrics_columns(rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+    atomic_write_text(Path(run_dir) / METRICS_FILE, buf.getvalue())
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # full precision, so reruns can be compared byte for byte
+    return value
+
+
+def save_kernels(run_dir: Path, kernels: Mapping[str, Any]) -> None:
+    """Save plain tensors (and lists / dicts of them) to ``kernels.pt`` atomically."""
+    payload = {k: _to_cpu(v) for k, v in kernels.items()}
+    _atomic_write(Path(run_dir) / KERNELS_FILE, lambda f: torch.save(payload, f), "wb")
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Mapping):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
+def load_kernels(run_dir: Path) -> dict[str, Any]:
+    """Load ``kernels.pt`` safely (``weights_only=True``: tensors only, no code)."""
+    return torch.load(Path(run_dir) / KERNELS_FILE, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class RunRecord:
+    """One run folder as read back.
+
+    Attributes:
+        path: the run folder.
+        summary: the parsed summary.json (empty when missing or unreadable).
+        metrics: metrics.csv as a pandas DataFrame, or ``None`` when missing or unreadable.
+        status: summary's status, or ``"incomplete"`` when the folder has no usable summary.
+        problem: why the folder is incomplete, if it is.
+    """
+
+    path: Path
+    summary: dict
+    metrics: Optional[Any]
+    status: str
+    problem: str = ""
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """Read one run folder; never raises on a damaged or half-written folder."""
+    import pandas as pd  # the analysis is the only caller that needs pandas
+
+    run_dir = Path(run_dir)
+    summary: dict = {}
+    problems = []
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    except FileNotFoundError:
+        problems.append("no summary.json")
+    except (OSError, ValueError) as err:
+        problems.append(f"unreadable summary.json ({err.__class__.__name__})")
+    metrics = None
+    try:
+        metrics = pd.read_csv(run_dir / METRICS_FILE)
+    except FileNotFoundError:
+        problems.append("no metrics.csv")
+    except (OSError, ValueError) as err:
+        problems.append(f"unreadable metrics.csv ({err.__class__.__name__})")
+    status = summary.get("status", "incomplete") if summary else "incomplete"
+    if status == STATUS_RUNNING:
+        status = "incomplete"
+        problems.append("status still 'running' (killed or still in progress)")
+    return RunRecord(run_dir, summary, metrics, status, "; ".join(problems))
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run folder has a summary.json, a metrics.csv, or Hydra's ``.hydra`` folder."""
+    path = Path(path)
+    return any((path / name).exists() for name in (SUMMARY_FILE, METRICS_FILE, ".hydra"))
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Every run folder under ``root`` (recursively, ``root`` included), sorted.
+
+    ``analysis/``, ``plots/`` and ``.hydra/`` folders are not searched. A multirun's own folder
+    holds only ``multirun.yaml`` and so is not a run.
+    """
+    root = Path(root)
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("analysis", ".hydra", PLOTS_DIR))
+        path = Path(dirpath)
+        if is_run_dir(path):
+            found.append(path)
+    return sorted(set(found))
+
+
+def iter_records(root: Path) -> Iterable[RunRecord]:
+    """Read every run under ``root``."""
+    for path in find_runs(root):
+        yield read_run(path)
