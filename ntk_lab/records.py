@@ -211,3 +211,36 @@ def iter_records(root: Path) -> Iterable[RunRecord]:
     """Read every run under ``root``."""
     for path in find_runs(root):
         yield read_run(path)
+
+
+class RunRecorder:
+    """Collects checkpoint rows and kernels of one run and keeps its folder up to date.
+
+    ``metrics.csv`` is rewritten (atomically) at every checkpoint, so an interrupted run keeps
+    every row it reached; ``kernels.pt`` and ``summary.json`` are written by :meth:`finish`.
+    """
+
+    def __init__(self, run_dir: Path, static_kernels: Optional[Mapping[str, Any]] = None):
+        self.run_dir = Path(run_dir)
+        self.rows: list[dict] = []
+        self.steps: list[int] = []
+        self.thetas: list[torch.Tensor] = []
+        self.static_kernels = dict(static_kernels or {})
+
+    def checkpoint(self, row: Mapping[str, Any], theta: torch.Tensor) -> None:
+        self.rows.append(dict(row))
+        self.steps.append(int(row["step"]))
+        self.thetas.append(theta.detach().cpu())
+        write_metrics(self.run_dir, self.rows)
+
+    def kernels(self) -> dict[str, Any]:
+        payload = dict(self.static_kernels)
+        payload["steps"] = torch.tensor(self.steps, dtype=torch.int64)
+        if self.thetas:
+            payload["theta"] = torch.stack(self.thetas)
+        return payload
+
+    def finish(self, summary: Mapping[str, Any]) -> None:
+        """Write kernels.pt, then summary.json last (its status marks the run finished)."""
+        save_kernels(self.run_dir, self.kernels())
+        write_summary(self.run_dir, summary)

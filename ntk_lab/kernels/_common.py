@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -20,13 +20,19 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"unknown NTK mode {mode!r}; known: {', '.join(MODES)}")
 
 
-def split_parameters(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """(trainable parameters, everything else the forward needs: frozen params and buffers).
+def split_parameters(
+    model: nn.Module, names: Optional[Iterable[str]] = None
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(differentiated parameters, everything else the forward needs: other params, buffers).
 
-    Only parameters with ``requires_grad=True`` enter the NTK: frozen ones are not trained.
+    By default the differentiated ones are those with ``requires_grad=True``: frozen
+    parameters are not trained and do not enter the NTK. ``names`` picks them explicitly
+    (used to differentiate a frozen copy of θ₀ w.r.t. the parameters trained in θ_t).
     """
-    trainable = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    fixed = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
+    params = dict(model.named_parameters())
+    chosen = set(names) if names is not None else {k for k, v in params.items() if v.requires_grad}
+    trainable = {k: v.detach() for k, v in params.items() if k in chosen}
+    fixed = {k: v.detach() for k, v in params.items() if k not in chosen}
     fixed.update({k: v.detach() for k, v in model.named_buffers()})
     return trainable, fixed
 

@@ -15,6 +15,8 @@ Modes: ``trace`` (N1, N2) — the MEAN over outputs of the diagonal blocks, neur
 
 from __future__ import annotations
 
+from typing import Iterable, Optional
+
 import torch
 from torch import Tensor, nn
 from torch.func import jacrev, jvp, vjp, vmap
@@ -88,9 +90,14 @@ def resolve_method(model: nn.Module, x1: Tensor, x2: Tensor | None, method: str)
 
 
 # --------------------------------------------------------------------------- jacrev
-def per_sample_jacobians(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
-    """∂f(x_i)/∂θ for each sample: {name: (N, O, numel)}, by vmap(jacrev) over samples."""
-    params, fixed = split_parameters(model)
+def per_sample_jacobians(
+    model: nn.Module, x: Tensor, names: Optional[Iterable[str]] = None
+) -> dict[str, Tensor]:
+    """∂f(x_i)/∂θ for each sample: {name: (N, O, numel)}, by vmap(jacrev) over samples.
+
+    ``names``: the parameters to differentiate (default: the trainable ones).
+    """
+    params, fixed = split_parameters(model, names)
     f = functional_forward(model, fixed)
 
     def f_one(p: dict[str, Tensor], xi: Tensor) -> Tensor:
@@ -176,11 +183,12 @@ def jacobian_change(
         dist2, norm2 = structured_jacobian_sq_distance(mlp_t, mlp_0, x, memory_budget_bytes, alpha)
         return (dist2 / norm2) ** 0.5 if norm2 > 0 else float("nan")
     out = output_dim(model_0, x)
-    n_params = sum(p.numel() for p in split_parameters(model_0)[0].values())
+    n_params = sum(p.numel() for p in split_parameters(model_t)[0].values())
     size = chunk_size(2 * out * n_params * x.element_size(), memory_budget_bytes, len(x))
     dist2, norm2 = 0.0, 0.0
     for s in chunks(len(x), size):
-        jt, j0 = per_sample_jacobians(model_t, x[s]), per_sample_jacobians(model_0, x[s])
+        jt = per_sample_jacobians(model_t, x[s])
+        j0 = per_sample_jacobians(model_0, x[s], names=list(jt))
         for k in j0:
             dist2 += (jt[k] - j0[k]).double().pow(2).sum().item()
             norm2 += j0[k].double().pow(2).sum().item()

@@ -1,0 +1,230 @@
+"""The typed schema of a run's settings and their validation.
+
+``run.py`` turns the composed Hydra config into a plain nested dict and calls
+:func:`validate`, which returns a :class:`RunConfig` of plain dataclasses or raises
+:class:`ConfigError` with one line naming the key, the bad value and what is allowed. Nothing
+downstream re-checks its inputs. No other module sees the Hydra config object.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping, Optional
+
+from ntk_lab.activations import ACTIVATIONS
+from ntk_lab.data import DATASETS
+from ntk_lab.kernels.empirical import METHODS
+from ntk_lab.models import PARAMETERIZATIONS
+
+PRECISIONS = ("float32", "float64")
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message is one line naming the key and the allowed values."""
+
+
+@dataclass
+class ModelConfig:
+    width: int
+    depth: int
+    activation: str
+    parameterization: str
+    w_std: float
+    b_std: float
+    out_dim: Optional[int]  # None: taken from the data
+    output_scale: float  # α of Chizat et al. 2019; 1 = the plain network
+    center: bool  # train α·(f(θ) − f(θ₀)) instead of α·f(θ)
+
+
+@dataclass
+class DataConfig:
+    name: str
+    n_train: Optional[int]
+    n_test: Optional[int]
+    n_probe: int
+    seed: int
+    path: Optional[str]
+    in_dim: Optional[int]
+    noise: float
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    lr: float
+    batch_size: Optional[int]
+    seed: int
+
+
+@dataclass
+class NTKConfig:
+    method: str
+    checkpoints: int
+    memory_budget_mb: int
+    jac_change: bool
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    ntk: NTKConfig
+    precision: str
+    device: str
+    resume: bool
+    progress: bool
+
+    def flat(self) -> dict[str, Any]:
+        """The resolved values summary.json records (DESIGN.md §5 names)."""
+        m, d, t, k = self.model, self.data, self.train, self.ntk
+        return {
+            "width": m.width, "depth": m.depth, "lr": t.lr, "seed": t.seed,
+            "activation": m.activation, "parameterization": m.parameterization,
+            "w_std": m.w_std, "b_std": m.b_std, "out_dim": m.out_dim,
+            "output_scale": m.output_scale, "center": m.center,
+            "dataset": d.name, "n_train": d.n_train, "n_test": d.n_test, "n_probe": d.n_probe,
+            "data_seed": d.seed, "steps": t.steps, "batch_size": t.batch_size,
+            "ntk_method": k.method, "checkpoints": k.checkpoints,
+            "dtype": self.precision, "device": self.device,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- checks
+# How the user spells a key: the top-level knobs (DESIGN.md §4) are set as `width=…` etc.
+_USER_NAMES = {"model.width": "width", "model.depth": "depth", "train.lr": "lr", "train.seed": "seed"}
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    name = _USER_NAMES.get(key, key)
+    return ConfigError(f"{name}={value!r} is invalid: {allowed}")
+
+
+def _get(section: Mapping[str, Any], group: str, name: str, default: Any = ...) -> Any:
+    if name in section:
+        value = section[name]
+    elif default is not ...:
+        value = default
+    else:
+        raise ConfigError(f"{group}.{name} is missing from the config")
+    if value == "???":
+        raise ConfigError(f"{_USER_NAMES.get(f'{group}.{name}', f'{group}.{name}')} must be set")
+    return value
+
+
+def _int(key: str, value: Any, minimum: int, optional: bool = False) -> Optional[int]:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _fail(key, value, f"must be an integer >= {minimum}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise _fail(key, value, f"must be an integer >= {minimum}") from None
+    if not number.is_integer() or number < minimum:
+        raise _fail(key, value, f"must be an integer >= {minimum}" + (" or null" if optional else ""))
+    return int(number)
+
+
+def _float(key: str, value: Any, check: Callable[[float], bool], allowed: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _fail(key, value, allowed) from None
+    if isinstance(value, bool) or not math.isfinite(number) or not check(number):
+        raise _fail(key, value, allowed)
+    return number
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise _fail(key, value, f"allowed: {', '.join(allowed)}")
+    return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _fail(key, value, "must be true or false")
+
+
+def _device(value: Any) -> str:
+    value = str(value)
+    if value in ("auto", "cpu") or value == "cuda" or (
+        value.startswith("cuda:") and value[5:].isdigit()
+    ):
+        return value
+    raise _fail("device", value, "allowed: auto, cpu, cuda, cuda:N")
+
+
+def validate(cfg: Mapping[str, Any]) -> RunConfig:
+    """Check every setting of a composed config (a plain nested dict) and type it.
+
+    Raises:
+        ConfigError: one line naming the key, its value and what is allowed.
+    """
+    model, data, train, ntk = (cfg.get(g) or {} for g in ("model", "data", "train", "ntk"))
+    g = lambda section, group, name, *d: _get(section, group, name, *d)  # noqa: E731
+    m = ModelConfig(
+        width=_int("model.width", g(model, "model", "width"), 1),
+        depth=_int("model.depth", g(model, "model", "depth"), 1),
+        activation=_choice("model.activation", g(model, "model", "activation"), tuple(ACTIVATIONS)),
+        parameterization=_choice("model.parameterization", g(model, "model", "parameterization"),
+                                 PARAMETERIZATIONS),
+        w_std=_float("model.w_std", g(model, "model", "w_std"), lambda v: v > 0, "must be > 0"),
+        b_std=_float("model.b_std", g(model, "model", "b_std"), lambda v: v >= 0, "must be >= 0"),
+        out_dim=_int("model.out_dim", g(model, "model", "out_dim", None), 1, optional=True),
+        output_scale=_float("model.output_scale", g(model, "model", "output_scale", 1.0),
+                            lambda v: v > 0, "must be > 0"),
+        center=_bool("model.center", g(model, "model", "center", False)),
+    )
+    d = DataConfig(
+        name=_choice("data.name", g(data, "data", "name"), DATASETS),
+        n_train=_int("data.n_train", g(data, "data", "n_train", None), 1, optional=True),
+        n_test=_int("data.n_test", g(data, "data", "n_test", None), 1, optional=True),
+        n_probe=_int("data.n_probe", g(data, "data", "n_probe"), 2),
+        seed=_int("data.seed", g(data, "data", "seed", 0), 0),
+        path=g(data, "data", "path", None),
+        in_dim=_int("data.in_dim", g(data, "data", "in_dim", None), 1, optional=True),
+        noise=_float("data.noise", g(data, "data", "noise", 0.0), lambda v: v >= 0, "must be >= 0"),
+    )
+    if d.name == "file" and not d.path:
+        raise ConfigError("data.path must be set for data=file (a .npz with arrays x, y or a .csv)")
+    t = TrainConfig(
+        steps=_int("train.steps", g(train, "train", "steps"), 0),
+        lr=_float("train.lr", g(train, "train", "lr"), lambda v: v > 0, "must be a number > 0"),
+        batch_size=_int("train.batch_size", g(train, "train", "batch_size", None), 1, optional=True),
+        seed=_int("train.seed", g(train, "train", "seed"), 0),
+    )
+    k = NTKConfig(
+        method=_choice("ntk.method", g(ntk, "ntk", "method"), METHODS),
+        checkpoints=_int("ntk.checkpoints", g(ntk, "ntk", "checkpoints"), 2),
+        memory_budget_mb=_int("ntk.memory_budget_mb", g(ntk, "ntk", "memory_budget_mb", 1024), 1),
+        jac_change=_bool("ntk.jac_change", g(ntk, "ntk", "jac_change", True)),
+    )
+    return RunConfig(
+        model=m, data=d, train=t, ntk=k,
+        precision=_choice("precision", cfg.get("precision", "float32"), PRECISIONS),
+        device=_device(cfg.get("device", "auto")),
+        resume=_bool("resume", cfg.get("resume", False)),
+        progress=_bool("progress", cfg.get("progress", True)),
+    )
+
+
+def data_settings(d: DataConfig) -> dict[str, Any]:
+    """The keyword arguments of the dataset builder :func:`ntk_lab.data.make_dataset`."""
+    settings: dict[str, Any] = {"n_probe": d.n_probe, "seed": d.seed}
+    for key in ("n_train", "n_test"):
+        if getattr(d, key) is not None:
+            settings[key] = getattr(d, key)
+    if d.name == "sphere_teacher":
+        settings["noise"] = d.noise
+        if d.in_dim is not None:
+            settings["in_dim"] = d.in_dim
+    if d.name == "file":
+        settings["path"] = d.path
+    return settings

@@ -1,0 +1,146 @@
+"""The Hydra entry point: compose → validate → build → train → write.
+
+    python -m ntk_lab.run                       # Jacot et al. 2018 §6.1 at width 1024
+    python -m ntk_lab.run +width=4096           # the same at width 4096
+    python -m ntk_lab.run -m +width=64,256,1024 +depth=1,3 +lr=0.1,1.0   # a sweep
+
+This is the only module that touches the Hydra config object; everything it calls takes
+plain arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+import traceback
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from hydra.experimental.callback import Callback
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from ntk_lab import build
+from ntk_lab.config import ConfigError, validate
+from ntk_lab.data import DataError
+from ntk_lab.records import (
+    FINISHED_STATUSES, STATUS_FAILED, STATUS_INTERRUPTED, read_run, write_summary,
+)
+
+log = logging.getLogger("ntk_lab")
+
+
+def _config_dir() -> str:
+    """configs/ shipped inside the package (a wheel), else the repo's top-level configs/."""
+    try:
+        packaged = resources.files("ntk_lab.configs")
+        if packaged.joinpath("config.yaml").is_file():
+            return str(packaged)
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return str(Path(__file__).resolve().parent.parent / "configs")
+
+
+class _StopFlag:
+    """Set by SIGINT / SIGTERM (Slurm preemption) so the loop ends with consistent files."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[int] = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def install(self) -> None:
+        def handler(signum, _frame):
+            self.signal = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread (some launchers): keep the defaults
+                pass
+
+
+def _user_error(message: str, run_dir: Path, in_multirun: bool) -> None:
+    """Report a bad input in one line; record it; exit non-zero unless other jobs follow."""
+    print(f"ntk_lab: error: {message}", file=sys.stderr)
+    write_summary(run_dir, {"status": STATUS_FAILED, "message": message, "user_error": True})
+    if not in_multirun:
+        sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path=_config_dir(), config_name="config")
+def main(cfg: DictConfig) -> Optional[float]:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    try:
+        config = validate(plain)
+    except ConfigError as err:
+        return _user_error(str(err), run_dir, in_multirun)
+
+    if config.resume:
+        previous = read_run(run_dir)
+        if previous.status in FINISHED_STATUSES:
+            print(f"ntk_lab: resume: {run_dir} already finished ({previous.status}); skipped")
+            return None
+
+    stop = _StopFlag()
+    stop.install()
+    started = time.time()
+    try:
+        outcome = build.run_experiment(config, run_dir, stop_requested=stop, started=started)
+    except (ConfigError, DataError) as err:
+        return _user_error(str(err), run_dir, in_multirun)
+    except Exception as err:  # a bug or a resource error: recorded, the sweep goes on
+        message = f"{type(err).__name__}: {err}".splitlines()[0]
+        (run_dir / "traceback.txt").write_text(traceback.format_exc())
+        build.record_failure(config, run_dir, message, started)
+        print(f"ntk_lab: run failed: {message} (traceback in {run_dir / 'traceback.txt'})",
+              file=sys.stderr)
+        if not in_multirun:
+            sys.exit(1)
+        return None
+    print(f"ntk_lab: {outcome.status}: outputs in {run_dir}")
+    if outcome.status == STATUS_INTERRUPTED and not in_multirun:
+        sys.exit(130)
+    return None
+
+
+class AnalyzeSweepCallback(Callback):
+    """At the end of every multirun: analyse the sweep folder (off with ``analyze=false``)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed_inputs = _user_errors(sweep_dir)
+        if config.get("analyze", True) and sweep_dir.is_dir():
+            from ntk_lab.analysis import analyze_sweep
+
+            analysis_dir = analyze_sweep(sweep_dir)
+            print(f"ntk_lab: sweep analysed: {analysis_dir / 'report.md'}")
+        if failed_inputs:
+            print(f"ntk_lab: error: {len(failed_inputs)} job(s) had invalid settings, e.g. "
+                  f"{failed_inputs[0]}", file=sys.stderr)
+            sys.exit(2)
+
+
+def _user_errors(sweep_dir: Path) -> list[str]:
+    """Messages of the jobs of a sweep that stopped on invalid settings."""
+    from ntk_lab.records import find_runs
+
+    messages = []
+    for path in find_runs(sweep_dir):
+        summary = read_run(path).summary
+        if summary.get("user_error"):
+            messages.append(summary.get("message", ""))
+    return messages
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""The training loop: full-batch gradient descent (or mini-batch SGD) on the MSE loss, with the
+empirical NTK and the drift metrics recorded at log-spaced checkpoint steps.
+
+Loss (DESIGN.md §2): L(θ) = 1/(2N) Σ_i ‖f(x_i) − y_i‖², divided by α² when the network is an
+α-scaled :class:`~ntk_lab.models.ScaledOutput` (Chizat et al. 2019). Time is t = η·step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ntk_lab import metrics
+from ntk_lab.data import Dataset
+from ntk_lab.kernels import empirical_ntk, jacobian_change
+from ntk_lab.models import unwrap_mlp
+from ntk_lab.records import STATUS_DIVERGED, STATUS_INTERRUPTED, STATUS_OK
+
+
+@dataclass
+class TrainSettings:
+    """Plain training settings (validated in :mod:`ntk_lab.config`).
+
+    Attributes:
+        steps: number of gradient steps T.
+        lr: learning rate η.
+        batch_size: None for full-batch GD, else the mini-batch size of SGD.
+        checkpoints: how many log-spaced checkpoint steps (0 and T always included).
+        ntk_method: empirical NTK method ("auto", "jacrev", "ntvp", "structured").
+        memory_budget_bytes: cap on Jacobian-sized intermediates.
+        seed: seeds the mini-batch order.
+        record_jac_change: compute ``jac_change`` (needs a frozen copy of θ₀).
+        progress: show a tqdm bar.
+    """
+
+    steps: int = 200
+    lr: float = 1.0
+    batch_size: Optional[int] = None
+    checkpoints: int = 20
+    ntk_method: str = "auto"
+    memory_budget_bytes: int = 1 << 30
+    seed: int = 0
+    record_jac_change: bool = True
+    progress: bool = True
+
+
+class Recorder(Protocol):
+    """Receives one row of metrics and Θ_t (N_probe, N_probe) at every checkpoint."""
+
+    def checkpoint(self, row: dict, theta: Tensor) -> None: ...
+
+
+@dataclass
+class TrainOutcome:
+    """How training ended: ``status`` ok / diverged / interrupted, with a message."""
+
+    status: str
+    message: str = ""
+    diverged_step: Optional[int] = None
+    last_step: int = 0
+    rows: list = field(default_factory=list)
+
+
+def checkpoint_steps(steps: int, count: int) -> list[int]:
+    """Log-spaced steps in [0, steps], always with 0 and ``steps``; about ``count`` of them."""
+    if steps <= 0:
+        return [0]
+    inner = np.unique(np.round(np.logspace(0, math.log10(steps), max(count - 1, 1))).astype(int))
+    return sorted({0, steps, *[int(s) for s in inner if 0 < s <= steps]})
+
+
+def layer_weight_names(model: nn.Module) -> list[str]:
+    """Names of the weight matrices of an MLP's layers (input first), [] for other modules."""
+    mlp, _ = unwrap_mlp(model)
+    if mlp is None:
+        return []
+    prefix = "" if mlp is model else "net."
+    return [f"{prefix}layers.{i}.weight" for i in range(len(mlp.layers))]
+
+
+def _trainable(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v for k, v in model.named_parameters() if v.requires_grad}
+
+
+def _batches(n: int, batch_size: Optional[int], seed: int, device) -> Callable[[], Optional[Tensor]]:
+    """A function giving the next mini-batch's indices (None: the full batch)."""
+    if batch_size is None or batch_size >= n:
+        return lambda: None
+    g = torch.Generator().manual_seed(seed)
+    queue: list[Tensor] = []
+
+    def next_batch() -> Tensor:
+        if not queue:  # a fresh permutation each epoch, drawn on the CPU for reproducibility
+            queue.extend(torch.randperm(n, generator=g).split(batch_size))
+        return queue.pop(0).to(device)
+
+    return next_batch
+
+
+class _Checkpointer:
+    """Evaluates the row of metrics at a checkpoint against the state at step 0."""
+
+    def __init__(self, model: nn.Module, data: Dataset, settings: TrainSettings,
+                 theta_inf: Optional[Tensor], loss_scale: float):
+        self.model, self.data, self.settings = model, data, settings
+        self.theta_inf = theta_inf
+        self.loss_scale = loss_scale
+        self.initial_model = copy.deepcopy(model).requires_grad_(False)
+        self.params_0 = {k: v.detach().clone() for k, v in _trainable(model).items()}
+        self.layer_names = layer_weight_names(model)
+        self.theta_0: Optional[Tensor] = None
+
+    def row(self, step: int) -> tuple[dict, Tensor]:
+        s, data, model = self.settings, self.data, self.model
+        with torch.no_grad():
+            train_loss = metrics.mse_loss(model(data.x_train), data.y_train).item()
+            test_loss = metrics.mse_loss(model(data.x_test), data.y_test).item()
+        theta = empirical_ntk(model, data.x_probe, method=s.ntk_method, mode="trace",
+                              memory_budget_bytes=s.memory_budget_bytes)
+        if self.theta_0 is None:
+            self.theta_0 = theta
+        params_t = _trainable(model)
+        row = {
+            "step": step,
+            "time": s.lr * step,
+            "train_loss": train_loss,
+            "test_loss": test_loss,
+            "kappa": metrics.kappa(theta, self.theta_0),
+            "kernel_distance": metrics.kernel_distance(theta, self.theta_0),
+            "ntk_err_inf": (metrics.ntk_err_inf(theta, self.theta_inf)
+                            if self.theta_inf is not None else float("nan")),
+            "param_change": metrics.param_change(params_t, self.params_0),
+        }
+        if s.record_jac_change:
+            row["jac_change"] = (0.0 if step == 0 else jacobian_change(
+                model, self.initial_model, data.x_probe, method=s.ntk_method,
+                memory_budget_bytes=s.memory_budget_bytes))
+        for i, name in enumerate(self.layer_names, start=1):
+            row[f"param_change_layer{i}"] = metrics.param_change(
+                {name: params_t[name]}, {name: self.params_0[name]})
+        return row, theta
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    settings: TrainSettings,
+    recorder: Recorder,
+    *,
+    theta_inf: Optional[Tensor] = None,
+    loss_scale: float = 1.0,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> TrainOutcome:
+    """Train ``model`` on ``data`` and hand a row of metrics to ``recorder`` at each checkpoint.
+
+    Args:
+        model: the network (already on its device and dtype, as is ``data``).
+        data: train / test / probe tensors.
+        settings: steps, lr, batch size, checkpoints, NTK method.
+        recorder: receives ``(row, Θ_t)`` at every checkpoint.
+        theta_inf: Θ_∞ on the probe set (N_probe, N_probe), for ``ntk_err_inf``; None skips it.
+        loss_scale: the optimised loss is L·loss_scale (1/α² for α-scaled outputs).
+        stop_requested: polled every step; True ends training as ``interrupted``.
+
+    Returns:
+        How training ended. A non-finite loss ends it as ``diverged`` at that step.
+    """
+    s = settings
+    checkpoints = set(checkpoint_steps(s.steps, s.checkpoints))
+    tracker = _Checkpointer(model, data, s, theta_inf, loss_scale)
+    optimizer = torch.optim.SGD(list(_trainable(model).values()), lr=s.lr)
+    next_batch = _batches(len(data.x_train), s.batch_size, s.seed, data.x_train.device)
+    outcome = TrainOutcome(STATUS_OK)
+    bar = tqdm(total=s.steps, desc="train", disable=not s.progress, leave=False, dynamic_ncols=True)
+    try:
+        for step in range(s.steps + 1):
+            if step in checkpoints:
+                row, theta = tracker.row(step)
+                outcome.rows.append(row)
+                outcome.last_step = step
+                recorder.checkpoint(row, theta)
+                bar.set_postfix(loss=f"{row['train_loss']:.3g}", kappa=f"{row['kappa']:.3g}")
+                if not math.isfinite(row["train_loss"]):
+                    outcome.status = STATUS_DIVERGED
+                    outcome.diverged_step = step
+                    outcome.message = f"training loss became {row['train_loss']} at step {step}"
+                    break
+            if step == s.steps:
+                break
+            if stop_requested():
+                outcome.status = STATUS_INTERRUPTED
+                outcome.message = f"stopped by a signal before step {step} of {s.steps}"
+                break
+            idx = next_batch()
+            x, y = (data.x_train, data.y_train) if idx is None else (data.x_train[idx], data.y_train[idx])
+            loss = metrics.mse_loss(model(x), y) * loss_scale
+            if not torch.isfinite(loss):
+                outcome.status = STATUS_DIVERGED
+                outcome.diverged_step = step
+                outcome.message = f"training loss became {loss.item()} at step {step}"
+                break
+            optimizer.zero_grad(set_to_none=False)  # reuse the gradient buffers: no re-allocation per step
+            loss.backward()
+            optimizer.step()
+            bar.update(1)
+    finally:
+        bar.close()
+    return outcome

@@ -1,0 +1,95 @@
+"""Every config group composes; the README's command forms run end to end in a subprocess."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from ntk_lab.config import validate
+from ntk_lab.run import _config_dir
+from tests.conftest import TINY, run_cli
+
+CONFIG_DIR = Path(_config_dir())
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def composed(overrides: list[str]) -> dict:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=False)
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def test_default_config_composes_and_validates():
+    config = validate(composed([]))
+    assert (config.model.width, config.model.depth, config.train.lr) == (1024, 3, 1.0)
+    assert config.model.activation == "relu" and config.model.b_std == 0.1
+    assert config.train.steps == 200 and config.data.name == "circle"
+
+
+@pytest.mark.parametrize("group", ["model", "data", "train", "ntk"])
+def test_every_option_of_every_group_composes(group):
+    for option in group_options(group):
+        extra = ["data.path=x.npz"] if (group, option) == ("data", "file") else []
+        config = validate(composed([f"{group}={option}", *extra]))
+        assert config is not None
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_experiment_preset_composes(experiment):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params, f"{experiment} sweeps nothing"
+    validate(composed([f"experiment={experiment}"]))
+    # every swept value is a valid setting too
+    for key, values in cfg.hydra.sweeper.params.items():
+        for value in str(values).split(","):
+            validate(composed([f"{key}={value.strip()}", f"experiment={experiment}"]))
+
+
+@pytest.mark.parametrize("form", ["+width=24", "width=24", "++width=24"])
+def test_top_level_knobs_accept_every_override_form(form):
+    assert validate(composed([form])).model.width == 24
+    assert validate(composed(["+depth=2", "+lr=0.5", "+seed=7"])).train.seed == 7
+
+
+def _only_run(workdir: Path) -> Path:
+    runs = [p.parent for p in (workdir / "outputs").rglob("summary.json")]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_default_command_runs_from_another_directory(workdir):
+    result = run_cli(TINY, workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = _only_run(workdir)
+    assert f"outputs in {run_dir}" in result.stdout
+    for name in ("metrics.csv", "summary.json", "kernels.pt", "plots/loss_kappa.png"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize("form", ["+width=12", "width=12"])
+def test_width_override_forms_run(workdir, form):
+    result = run_cli([form, *[a for a in TINY if not a.startswith("width=")]], workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((_only_run(workdir) / "summary.json").read_text())["width"] == 12
+
+
+def test_multirun_sweep_makes_one_folder_per_job_and_an_analysis(workdir):
+    tiny = [a for a in TINY if not a.startswith(("width=", "depth="))]
+    result = run_cli(["-m", "+width=8,16", "+depth=1,2", "+lr=0.1,1.0", *tiny], workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sweeps = list((workdir / "outputs" / "multirun").glob("*/*"))
+    assert len(sweeps) == 1
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == 8
+    for job in jobs:
+        assert json.loads((job / "summary.json").read_text())["status"] == "ok"
+    assert (sweeps[0] / "analysis" / "report.md").is_file()
