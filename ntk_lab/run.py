@@ -29,7 +29,8 @@ from ntk_lab import build
 from ntk_lab.config import ConfigError, validate
 from ntk_lab.data import DataError
 from ntk_lab.records import (
-    FINISHED_STATUSES, STATUS_FAILED, STATUS_INTERRUPTED, read_run, write_summary,
+    FINISHED_STATUSES, STATUS_FAILED, STATUS_INTERRUPTED, SUMMARY_FILE, find_runs, read_run,
+    write_summary,
 )
 
 log = logging.getLogger("ntk_lab")
@@ -66,10 +67,11 @@ class _StopFlag:
                 pass
 
 
-def _user_error(message: str, run_dir: Path, in_multirun: bool) -> None:
+def _user_error(message: str, run_dir: Path, in_multirun: bool, record: bool = True) -> None:
     """Report a bad input in one line; record it; exit non-zero unless other jobs follow."""
     print(f"ntk_lab: error: {message}", file=sys.stderr)
-    write_summary(run_dir, {"status": STATUS_FAILED, "message": message, "user_error": True})
+    if record:
+        write_summary(run_dir, {"status": STATUS_FAILED, "message": message, "user_error": True})
     if not in_multirun:
         sys.exit(2)
 
@@ -85,8 +87,12 @@ def main(cfg: DictConfig) -> Optional[float]:
     except ConfigError as err:
         return _user_error(str(err), run_dir, in_multirun)
 
-    if config.resume:
+    if (run_dir / SUMMARY_FILE).exists():  # a folder reused through hydra.run.dir / sweep.dir
         previous = read_run(run_dir)
+        if not config.resume:
+            return _user_error(f"{run_dir} already holds a run (status {previous.status}); "
+                               f"resume=true skips finished runs and reruns the others, or "
+                               f"choose a new hydra.run.dir", run_dir, in_multirun, record=False)
         if previous.status in FINISHED_STATUSES:
             print(f"ntk_lab: resume: {run_dir} already finished ({previous.status}); skipped")
             return None
@@ -113,8 +119,40 @@ def main(cfg: DictConfig) -> Optional[float]:
     return None
 
 
+def _sweep_override_sets(config: DictConfig) -> list[list[str]]:
+    """One override list per swept value: that value, the other swept keys at their first
+    value, and every fixed override — enough to check each value of the sweep once."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = list(config.hydra.overrides.task)
+    params = config.hydra.sweeper.get("params") or {}
+    task += [f"{key}={value}" for key, value in params.items()]
+    parsed = OverridesParser.create().parse_overrides(task)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    swept = [(o.get_key_element(), list(o.sweep_string_iterator()))
+             for o in parsed if o.is_sweep_override()]
+    firsts = {key: values[0] for key, values in swept}
+    sets = []
+    for key, values in swept:
+        others = [f"{k}={v}" for k, v in firsts.items() if k != key]
+        sets += [[*fixed, *others, f"{key}={value}"] for value in values]
+    return sets or [fixed]
+
+
 class AnalyzeSweepCallback(Callback):
-    """At the end of every multirun: analyse the sweep folder (off with ``analyze=false``)."""
+    """Checks every value of a sweep before any job starts, and analyses the sweep folder at
+    the end of every multirun (off with ``analyze=false``)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra import compose
+
+        for overrides in _sweep_override_sets(config):
+            cfg = compose(config_name="config", overrides=overrides)
+            try:
+                validate(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+            except ConfigError as err:
+                print(f"ntk_lab: error: {err} (sweep stopped before any job ran)", file=sys.stderr)
+                sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -132,8 +170,6 @@ class AnalyzeSweepCallback(Callback):
 
 def _user_errors(sweep_dir: Path) -> list[str]:
     """Messages of the jobs of a sweep that stopped on invalid settings."""
-    from ntk_lab.records import find_runs
-
     messages = []
     for path in find_runs(sweep_dir):
         summary = read_run(path).summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
@@ -73,3 +74,27 @@ def reduce_full(theta_full: Tensor, mode: str) -> Tensor:
 def empty_kernel(n1: int, n2: int, out_dim: int, mode: str, like: Tensor) -> Tensor:
     shape = {"trace": (n1, n2), "diagonal": (n1, n2, out_dim), "full": (n1, n2, out_dim, out_dim)}
     return torch.zeros(shape[mode], dtype=like.dtype, device=like.device)
+
+
+@contextmanager
+def full_fp32_precision() -> Iterator[None]:
+    """Turn TF32 off for CUDA matmuls and convolutions inside the block, then restore.
+
+    TF32 keeps 10 mantissa bits: kernels computed with it drift by ~1e-3 relative, the size
+    of the effects ntk_lab measures at large width.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9
+        saved = (matmul.fp32_precision, cudnn.fp32_precision)
+        matmul.fp32_precision, cudnn.fp32_precision = "ieee", "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, cudnn.fp32_precision = saved
+    else:
+        saved = (matmul.allow_tf32, cudnn.allow_tf32)
+        matmul.allow_tf32, cudnn.allow_tf32 = False, False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32, cudnn.allow_tf32 = saved

@@ -23,7 +23,7 @@ from torch.func import jacrev, jvp, vjp, vmap
 
 from ntk_lab.kernels._common import (
     DEFAULT_MEMORY_BUDGET_BYTES, check_mode, chunk_size, chunks, empty_kernel,
-    functional_forward, output_dim, reduce_full, split_parameters,
+    full_fp32_precision, functional_forward, output_dim, reduce_full, split_parameters,
 )
 from ntk_lab.kernels.structured import structured_jacobian_sq_distance, structured_ntk
 from ntk_lab.models import unwrap_mlp
@@ -55,12 +55,13 @@ def empirical_ntk(
     """
     check_mode(mode)
     method = resolve_method(model, x1, x2, method)
-    if method == "structured":
-        mlp, alpha = unwrap_mlp(model)
-        return structured_ntk(mlp, x1, x2, mode, memory_budget_bytes, scale=alpha)
-    if method == "jacrev":
-        return _jacrev_ntk(model, x1, x2, mode, memory_budget_bytes)
-    return _ntvp_ntk(model, x1, x2, mode, memory_budget_bytes)
+    with full_fp32_precision():
+        if method == "structured":
+            mlp, alpha = unwrap_mlp(model)
+            return structured_ntk(mlp, x1, x2, mode, memory_budget_bytes, scale=alpha)
+        if method == "jacrev":
+            return _jacrev_ntk(model, x1, x2, mode, memory_budget_bytes)
+        return _ntvp_ntk(model, x1, x2, mode, memory_budget_bytes)
 
 
 def resolve_method(model: nn.Module, x1: Tensor, x2: Tensor | None, method: str) -> str:
@@ -177,6 +178,12 @@ def jacobian_change(
     models in chunks, differenced directly.
     """
     method = resolve_method(model_t, x, None, method)
+    with full_fp32_precision():
+        return _jacobian_change(model_t, model_0, x, method, memory_budget_bytes)
+
+
+def _jacobian_change(model_t: nn.Module, model_0: nn.Module, x: Tensor, method: str,
+                     memory_budget_bytes: int) -> float:
     mlp_t, alpha = unwrap_mlp(model_t)
     mlp_0, _ = unwrap_mlp(model_0)
     if method == "structured":
