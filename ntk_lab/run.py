@@ -114,8 +114,8 @@ def main(cfg: DictConfig) -> Optional[float]:
             sys.exit(1)
         return None
     print(f"ntk_lab: {outcome.status}: outputs in {run_dir}")
-    if outcome.status == STATUS_INTERRUPTED and not in_multirun:
-        sys.exit(130)
+    if outcome.status == STATUS_INTERRUPTED:  # a signal ends the whole sweep, not one job
+        sys.exit(128 + (stop.signal or signal.SIGINT))
     return None
 
 
@@ -145,6 +145,13 @@ class AnalyzeSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra import compose
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir() and find_runs(sweep_dir) and not config.get("resume", False):
+            print(f"ntk_lab: error: {sweep_dir} already holds runs; resume=true skips the "
+                  f"finished ones and reruns the others, or choose a new hydra.sweep.dir",
+                  file=sys.stderr)
+            sys.exit(2)
 
         for overrides in _sweep_override_sets(config):
             cfg = compose(config_name="config", overrides=overrides)
