@@ -1,0 +1,148 @@
+"""The analysis stage end to end: collect runs → runs.csv → fits.csv → figures → report.md.
+
+:func:`analyze_sweep` is what ``python -m ntk_lab.analyze DIR`` and the Hydra callback at the
+end of a multirun call. A damaged run folder never stops it: ``collect`` marks the run
+incomplete, the report lists it, and a figure that fails to draw becomes a note.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ntk_lab.analysis.collect import Sweep, collect_sweep
+from ntk_lab.analysis.fit import FitTable, fit_sweep
+from ntk_lab.analysis.kernel_plots import plot_jacot_fig1
+from ntk_lab.analysis.plots import (
+    plot_kappa_heatmap_depth_lr, plot_kappa_vs_output_scale, plot_kappa_vs_step,
+    plot_kappa_vs_width, plot_kappa_vs_width_by_parameterization,
+    plot_ntk_err_inf_vs_width, plot_param_change_layers_vs_width,
+)
+from ntk_lab.analysis.report import ReportFigure, write_report
+from ntk_lab.records import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_DIR = "analysis"
+RUNS_FILE = "runs.csv"
+FITS_FILE = "fits.csv"
+REPORT_FILE = "report.md"
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One sweep figure: its file, the function drawing it, what theory predicts, and what
+    data it needs (said in the report when it is not drawn)."""
+
+    name: str
+    draw: Callable[[Sweep, FitTable, Path], bool]
+    caption: str
+    needs: str
+
+
+# Captions state DESIGN.md §2's expectation; the figures show what was measured.
+FIGURES = (
+    FigureSpec(
+        "ntk_err_inf_vs_width.png", plot_ntk_err_inf_vs_width,
+        "Distance of Θ_0 to Θ_∞ at init vs width. Theory: falls like width^(−1/2), the "
+        "fluctuation of a sum of n independent terms (dashed reference).",
+        "ntk_err_inf at step 0 for ≥ 2 widths"),
+    FigureSpec(
+        "kappa_vs_width.png", plot_kappa_vs_width,
+        "Kernel drift after training vs width. Theory (ntk parameterization, fixed η): falls "
+        "with width, between O(n^(−1/2)) (Lee et al. 2019 bound) and O(n^(−1)) (Dyer & "
+        "Gur-Ari 2019).",
+        "final kappa for ≥ 2 widths"),
+    FigureSpec(
+        "jacot_fig1.png", plot_jacot_fig1,
+        "Θ(x₀, x(γ)) on the unit circle at init and after training, Θ_∞ dashed. Theory "
+        "(Jacot et al. 2018, Fig. 1): both curves approach Θ_∞ and move less as width grows.",
+        "ok runs with dataset=circle and a kernels.pt holding probe_angle"),
+    FigureSpec(
+        "kappa_vs_step.png", plot_kappa_vs_step,
+        "Kernel drift during training, one line per width. Theory: wider networks stay "
+        "closer to their initial kernel at every step (lazy training).",
+        "kappa at steps > 0"),
+    FigureSpec(
+        "param_change_layers_vs_width.png", plot_param_change_layers_vs_width,
+        "Relative weight change per layer after training. Theory (Lee et al. 2019): input "
+        "and readout layers ∝ n^(−1/2), hidden-to-hidden layers ∝ n^(−1).",
+        "param_change_layer* columns for ≥ 2 widths"),
+    FigureSpec(
+        "kappa_heatmap_depth_lr.png", plot_kappa_heatmap_depth_lr,
+        "Final kernel drift at the largest width on the depth × learning-rate grid. Theory "
+        "gives no single number here; the measured exponents depend on depth and training "
+        "length (DESIGN.md §2).",
+        "≥ 2 depths or ≥ 2 learning rates"),
+    FigureSpec(
+        "kappa_vs_output_scale.png", plot_kappa_vs_output_scale,
+        "Kernel drift and test loss vs output scale α. Theory (Chizat, Oyallon & Bach 2019): "
+        "kappa falls like 1/α (dashed reference).",
+        "output_scale swept"),
+    FigureSpec(
+        "kappa_vs_width_by_parameterization.png", plot_kappa_vs_width_by_parameterization,
+        "Kernel drift vs width by parameterization. Theory: falls with width under ntk; "
+        "under mup the kernel keeps moving (slope ≈ 0, feature learning).",
+        "parameterization swept"),
+)
+
+
+def analyze_sweep(root: Path, out_dir: Path | None = None) -> Path:
+    """Analyse every run folder under ``root`` and write the analysis folder.
+
+    Writes ``runs.csv`` (one row per run × checkpoint), ``fits.csv`` (scaling exponents with
+    confidence intervals), the figures the data supports and ``report.md``.
+
+    Args:
+        root: a multirun folder, a single run folder, or any folder holding run folders.
+        out_dir: where to write; ``root / "analysis"`` by default.
+
+    Returns:
+        The analysis folder.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a directory. Damaged run folders never raise.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such directory: {root}")
+    out_dir = Path(out_dir) if out_dir is not None else root / ANALYSIS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sweep = collect_sweep(root)
+    atomic_write_text(out_dir / RUNS_FILE, sweep.runs.to_csv(index=False))
+    fits = fit_sweep(sweep)
+    atomic_write_text(out_dir / FITS_FILE, fits.table.to_csv(index=False))
+    drawn, not_drawn, notes = draw_figures(sweep, fits, out_dir)
+    write_report(sweep, fits, drawn, not_drawn, notes, out_dir / REPORT_FILE)
+    log.info("analysis of %d run folders written to %s", len(sweep.records), out_dir)
+    return out_dir
+
+
+def draw_figures(
+    sweep: Sweep, fits: FitTable, out_dir: Path
+) -> tuple[list[ReportFigure], list[tuple[str, str]], list[str]]:
+    """Draw every figure of :data:`FIGURES` the data supports.
+
+    Returns:
+        (drawn figures with captions, (name, needs) of those not drawn, notes on failures).
+        A figure left from an earlier analysis that is not drawn now is removed, so the
+        folder always matches the report.
+    """
+    drawn, not_drawn, notes = [], [], []
+    for spec in FIGURES:
+        path = out_dir / spec.name
+        path.unlink(missing_ok=True)
+        try:
+            ok = spec.draw(sweep, fits, path) if sweep.records else False
+        except Exception as err:  # a plotting failure must not lose the tables and report
+            log.warning("figure %s not drawn: %s: %s", spec.name, err.__class__.__name__, err)
+            notes.append(f"`{spec.name}` failed: {err.__class__.__name__}: {err}")
+            path.unlink(missing_ok=True)
+            continue
+        if ok:
+            drawn.append(ReportFigure(spec.name, spec.caption))
+        elif sweep.records:
+            not_drawn.append((spec.name, spec.needs))
+    return drawn, not_drawn, notes
