@@ -19,6 +19,7 @@ import ntk_lab
 from ntk_lab.config import ConfigError, RunConfig, data_settings
 from ntk_lab.data import Dataset, make_dataset
 from ntk_lab.kernels.analytic import infinite_width_kernels
+from ntk_lab.kernels.regression import GradientFlowPredictor
 from ntk_lab.models import MLP, ScaledOutput
 from ntk_lab.records import STATUS_FAILED, STATUS_RUNNING, RunRecorder, write_summary
 from ntk_lab.train import TrainOutcome, TrainSettings, train
@@ -79,6 +80,21 @@ def probe_kernels(config: RunConfig, data: Dataset) -> dict[str, torch.Tensor]:
     return kernels
 
 
+def infinite_width_predictor(config: RunConfig, data: Dataset) -> GradientFlowPredictor:
+    """Θ_∞ gradient flow on the train and test sets (float64, on the data's device).
+
+    The dynamics are driven by Θ·loss_scale; for an α-scaled network that is α²Θ_∞/α² = Θ_∞,
+    so the unscaled Θ_∞ is used whatever α.
+    """
+    m = config.model
+    n = len(data.x_train)
+    x = torch.cat([data.x_train, data.x_test]).to(torch.float64)
+    _, ntk = infinite_width_kernels(
+        x, x[:n], activation=m.activation, depth=m.depth, w_std=m.w_std, b_std=m.b_std,
+        parameterization=m.parameterization, width=m.width)
+    return GradientFlowPredictor(ntk[:n], ntk[n:], data.y_train.to(torch.float64))
+
+
 def _summary(config: RunConfig, status: str, message: str, started: float, **extra) -> dict:
     return {**config.flat(), "status": status, "message": message,
             "wall_time_s": time.time() - started, "versions": versions(), **extra}
@@ -108,10 +124,14 @@ def run_experiment(
         checkpoints=config.ntk.checkpoints, ntk_method=config.ntk.method,
         memory_budget_bytes=config.ntk.memory_budget_mb << 20, seed=config.train.seed,
         record_jac_change=config.ntk.jac_change, progress=config.progress,
+        track_linearized=config.lazy.linearized, kappa_hessian=config.lazy.kappa_hessian,
+        hessian_points=config.lazy.hessian_points, hessian_iters=config.lazy.hessian_iters,
     )
     theta_inf = static["theta_inf"].to(device)
+    infinite = infinite_width_predictor(config, data) if config.lazy.infinite_width else None
     outcome = train(model, data, settings, recorder, theta_inf=theta_inf,
-                    loss_scale=1.0 / config.model.output_scale**2, stop_requested=stop_requested)
+                    loss_scale=1.0 / config.model.output_scale**2, infinite=infinite,
+                    stop_requested=stop_requested)
     final = outcome.rows[-1] if outcome.rows else {}
     recorder.finish(_summary(config, outcome.status, outcome.message, started,
                              diverged_step=outcome.diverged_step, last_step=outcome.last_step,

@@ -66,11 +66,21 @@ class NTKConfig:
 
 
 @dataclass
+class LazyConfig:
+    linearized: bool
+    infinite_width: bool
+    kappa_hessian: bool
+    hessian_points: int
+    hessian_iters: int
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig
     data: DataConfig
     train: TrainConfig
     ntk: NTKConfig
+    lazy: LazyConfig
     precision: str
     device: str
     resume: bool
@@ -167,7 +177,8 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
     Raises:
         ConfigError: one line naming the key, its value and what is allowed.
     """
-    model, data, train, ntk = (cfg.get(g) or {} for g in ("model", "data", "train", "ntk"))
+    model, data, train, ntk, lazy = (
+        cfg.get(g) or {} for g in ("model", "data", "train", "ntk", "lazy"))
     g = lambda section, group, name, *d: _get(section, group, name, *d)  # noqa: E731
     m = ModelConfig(
         width=_int("model.width", g(model, "model", "width"), 1),
@@ -206,8 +217,15 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
         memory_budget_mb=_int("ntk.memory_budget_mb", g(ntk, "ntk", "memory_budget_mb", 1024), 1),
         jac_change=_bool("ntk.jac_change", g(ntk, "ntk", "jac_change", True)),
     )
+    z = LazyConfig(
+        linearized=_bool("lazy.linearized", g(lazy, "lazy", "linearized", False)),
+        infinite_width=_bool("lazy.infinite_width", g(lazy, "lazy", "infinite_width", True)),
+        kappa_hessian=_bool("lazy.kappa_hessian", g(lazy, "lazy", "kappa_hessian", False)),
+        hessian_points=_int("lazy.hessian_points", g(lazy, "lazy", "hessian_points", 8), 1),
+        hessian_iters=_int("lazy.hessian_iters", g(lazy, "lazy", "hessian_iters", 30), 1),
+    )
     return RunConfig(
-        model=m, data=d, train=t, ntk=k,
+        model=m, data=d, train=t, ntk=k, lazy=z,
         precision=_choice("precision", cfg.get("precision", "float32"), PRECISIONS),
         device=_device(cfg.get("device", "auto")),
         resume=_bool("resume", cfg.get("resume", False)),

@@ -19,7 +19,10 @@ from tqdm.auto import tqdm
 
 from ntk_lab import metrics
 from ntk_lab.data import Dataset
+from ntk_lab.hessian import kappa_hessian
 from ntk_lab.kernels import empirical_ntk, jacobian_change
+from ntk_lab.kernels.regression import GradientFlowPredictor
+from ntk_lab.linearized import LinearizedModel
 from ntk_lab.models import unwrap_mlp
 from ntk_lab.records import STATUS_DIVERGED, STATUS_INTERRUPTED, STATUS_OK
 
@@ -38,6 +41,9 @@ class TrainSettings:
         seed: seeds the mini-batch order.
         record_jac_change: compute ``jac_change`` (needs a frozen copy of θ₀).
         progress: show a tqdm bar.
+        track_linearized: train the linearized network alongside (``lin_gap``, losses).
+        kappa_hessian: at the last step, the NTK notes' Hessian κ on the first
+            ``hessian_points`` probe points with ``hessian_iters`` power iterations.
     """
 
     steps: int = 200
@@ -49,6 +55,10 @@ class TrainSettings:
     seed: int = 0
     record_jac_change: bool = True
     progress: bool = True
+    track_linearized: bool = False
+    kappa_hessian: bool = False
+    hessian_points: int = 8
+    hessian_iters: int = 30
 
 
 class Recorder(Protocol):
@@ -108,7 +118,8 @@ class _Checkpointer:
     """Evaluates the row of metrics at a checkpoint against the state at step 0."""
 
     def __init__(self, model: nn.Module, data: Dataset, settings: TrainSettings,
-                 theta_inf: Optional[Tensor], loss_scale: float):
+                 theta_inf: Optional[Tensor], loss_scale: float,
+                 linearized: Optional[LinearizedModel], infinite: Optional[GradientFlowPredictor]):
         self.model, self.data, self.settings = model, data, settings
         self.theta_inf = theta_inf
         self.loss_scale = loss_scale
@@ -116,6 +127,12 @@ class _Checkpointer:
         self.params_0 = {k: v.detach().clone() for k, v in _trainable(model).items()}
         self.layer_names = layer_weight_names(model)
         self.theta_0: Optional[Tensor] = None
+        self.linearized, self.infinite = linearized, infinite
+        with torch.no_grad():
+            self.f0_test = model(data.x_test).double()
+            if infinite is not None:
+                infinite.set_initial(model(data.x_train), self.f0_test)
+                self.kernel_regression_loss = _mse64(infinite.kernel_regression(), data.y_test)
 
     def row(self, step: int) -> tuple[dict, Tensor]:
         s, data, model = self.settings, self.data, self.model
@@ -145,7 +162,42 @@ class _Checkpointer:
         for i, name in enumerate(self.layer_names, start=1):
             row[f"param_change_layer{i}"] = metrics.param_change(
                 {name: params_t[name]}, {name: self.params_0[name]})
+        row.update(self._lazy_comparison(step))
+        if s.kappa_hessian and step == s.steps:
+            points = data.x_probe[: s.hessian_points]
+            row["kappa_hessian"], row["hessian_norm"] = kappa_hessian(
+                model, self.initial_model, points, iters=s.hessian_iters, seed=s.seed,
+                memory_budget_bytes=s.memory_budget_bytes)
         return row, theta
+
+    def _lazy_comparison(self, step: int) -> dict:
+        """Test losses of the linearized and infinite-width models and their gaps to the network:
+        gap = ‖f_nn − f_other‖ / ‖f_nn − f_0‖ on the test set (NaN at step 0, where both are 0)."""
+        if self.linearized is None and self.infinite is None:
+            return {}
+        data, out = self.data, {}
+        with torch.no_grad():
+            f_nn = self.model(data.x_test).double()
+        moved = torch.linalg.norm(f_nn - self.f0_test).item()
+        gap = lambda other: (torch.linalg.norm(f_nn - other).item() / moved  # noqa: E731
+                             if moved > 0 else float("nan"))
+        if self.linearized is not None:
+            f_lin = self.linearized(data.x_test).double()
+            with torch.no_grad():
+                out["train_loss_lin"] = _mse64(self.linearized(data.x_train), data.y_train)
+            out["test_loss_lin"] = _mse64(f_lin, data.y_test)
+            out["lin_gap"] = gap(f_lin)
+        if self.infinite is not None:
+            train_inf, test_inf = self.infinite.at(self.settings.lr * step)
+            out["train_loss_inf"] = _mse64(train_inf, data.y_train)
+            out["test_loss_inf"] = _mse64(test_inf, data.y_test)
+            out["inf_gap"] = gap(test_inf)
+            out["test_loss_kernel_regression"] = self.kernel_regression_loss
+        return out
+
+
+def _mse64(pred: Tensor, target: Tensor) -> float:
+    return metrics.mse_loss(pred.double(), target.double()).item()
 
 
 def train(
@@ -156,6 +208,7 @@ def train(
     *,
     theta_inf: Optional[Tensor] = None,
     loss_scale: float = 1.0,
+    infinite: Optional[GradientFlowPredictor] = None,
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> TrainOutcome:
     """Train ``model`` on ``data`` and hand a row of metrics to ``recorder`` at each checkpoint.
@@ -167,6 +220,7 @@ def train(
         recorder: receives ``(row, Θ_t)`` at every checkpoint.
         theta_inf: Θ_∞ on the probe set (N_probe, N_probe), for ``ntk_err_inf``; None skips it.
         loss_scale: the optimised loss is L·loss_scale (1/α² for α-scaled outputs).
+        infinite: Θ_∞ gradient-flow predictor on the train and test sets, or None.
         stop_requested: polled every step; True ends training as ``interrupted``.
 
     Returns:
@@ -174,7 +228,8 @@ def train(
     """
     s = settings
     checkpoints = set(checkpoint_steps(s.steps, s.checkpoints))
-    tracker = _Checkpointer(model, data, s, theta_inf, loss_scale)
+    linearized = LinearizedModel(model) if s.track_linearized else None
+    tracker = _Checkpointer(model, data, s, theta_inf, loss_scale, linearized, infinite)
     optimizer = torch.optim.SGD(list(_trainable(model).values()), lr=s.lr)
     next_batch = _batches(len(data.x_train), s.batch_size, s.seed, data.x_train.device)
     outcome = TrainOutcome(STATUS_OK)
@@ -209,6 +264,8 @@ def train(
             optimizer.zero_grad(set_to_none=False)  # reuse the gradient buffers: no re-allocation per step
             loss.backward()
             optimizer.step()
+            if linearized is not None:  # the same batch, learning rate and loss scale
+                linearized.step(x, y, s.lr, loss_scale)
             bar.update(1)
     finally:
         bar.close()
