@@ -15,6 +15,7 @@ from typing import Callable
 from ntk_lab.analysis.collect import Sweep, collect_sweep
 from ntk_lab.analysis.fit import FitTable, fit_sweep
 from ntk_lab.analysis.kernel_plots import plot_jacot_fig1
+from ntk_lab.analysis.lazy_plots import plot_lazy_gaps_vs_width, plot_lee2019_training_curves
 from ntk_lab.analysis.plots import (
     plot_kappa_heatmap_depth_lr, plot_kappa_vs_output_scale, plot_kappa_vs_step,
     plot_kappa_vs_width, plot_kappa_vs_width_by_parameterization,
@@ -86,6 +87,22 @@ FIGURES = (
         "Kernel drift vs width by parameterization. Theory: falls with width under ntk; "
         "under mup the kernel keeps moving (slope ≈ 0, feature learning).",
         "parameterization swept"),
+    FigureSpec(
+        "lee2019_training_curves.png", plot_lee2019_training_curves,
+        "Train and test loss during training of the network (solid), its linearization "
+        "(dashed) and the Θ_∞ gradient-flow prediction (dotted), one panel per width, mean "
+        "over seeds. Theory (Lee et al. 2019, Figs. 1–2): as width grows the three curves "
+        "coincide in the ntk parameterization.",
+        "train/test_loss_lin or train/test_loss_inf columns (lazy.linearized or "
+        "lazy.infinite_width)"),
+    FigureSpec(
+        "lazy_gaps_vs_width.png", plot_lazy_gaps_vs_width,
+        "Final lin_gap = ‖f − f_lin‖/‖f − f_0‖, inf_gap (same with the Θ_∞ prediction), the "
+        "Hessian κ and jac_change vs width, fitted slopes in the legend. Theory: lin_gap and "
+        "kappa_hessian fall with width in the ntk parameterization (Lee et al. 2019, "
+        "∝ n^(−1/2) dashed; Liu, Zhu & Belkin 2020), while under mup they do not (feature "
+        "learning).",
+        "final lin_gap, inf_gap or kappa_hessian for ≥ 2 widths (lazy=full)"),
 )
 
 

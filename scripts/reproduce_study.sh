@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Run one experiment preset and copy its analysis (report, fits, figures) into experiments/.
+# Usage: bash scripts/reproduce_study.sh <preset> [<study folder>] [extra Hydra overrides...]
+#   bash scripts/reproduce_study.sh width_sweep_cpu width_sweep
+# The sweep itself is written under outputs/studies/<preset>/<time>/ (not kept in git).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+preset="$1"; study="${2:-$1}"; shift $(( $# >= 2 ? 2 : 1 ))
+sweep_dir="outputs/studies/${preset}/$(date +%Y-%m-%d_%H-%M-%S)"
+start=$(date +%s)
+python -m ntk_lab.run -m "experiment=${preset}" "hydra.sweep.dir=${sweep_dir}" "$@"
+end=$(date +%s)
+dest="experiments/${study}/${preset}"
+mkdir -p "$dest"
+cp "${sweep_dir}/analysis/report.md" "${sweep_dir}/analysis/fits.csv" "$dest/"
+cp "${sweep_dir}"/analysis/*.png "$dest/" 2>/dev/null || true
+echo "wall time $((end - start)) s; sweep in ${sweep_dir}; analysis copied to ${dest}"
