@@ -9,6 +9,29 @@ Gaussian expectations the infinite-width recursion needs (DESIGN.md §2),
 
 Adding an activation touches this file alone (the way neural-tangents keeps a layer's finite
 function and its kernel together). Names follow DESIGN.md §6.
+
+Closed forms (float64 tensors that broadcast against each other in; both results have the
+broadcast shape). Write s = √(q11 q22), ρ = q12/s clamped to [−1, 1] and θ = arccos ρ,
+computed as π − θ = atan2(√(q11 q22 − q12²), −q12), so that no division appears and ρ = ±1
+is exact:
+
+    relu        E[φφ]   = (s sin θ + (π − θ) q12) / (2π)          (Cho & Saul 2009, arc-cosine
+                E[φ'φ'] = (π − θ) / (2π)                           kernels of degree 1 and 0)
+    leaky_relu  φ = relu(x) − a·relu(−x), a = LEAKY_RELU_SLOPE; (−u, −v) has correlation ρ and
+                (u, −v) has −ρ, so with J(ρ) = E[relu(u)relu(v)], K(ρ) = E[1{u>0}1{v>0}]:
+                E[φφ]   = (1 + a²) J(ρ) − 2a J(−ρ),   J(−ρ) = (s sin θ − θ q12) / (2π)
+                E[φ'φ'] = (1 + a²) K(ρ) + 2a K(−ρ),   K(−ρ) = θ / (2π)
+    abs         |x| = relu(x) + relu(−x), sign = 1{x>0} − 1{x<0}:
+                E[φφ] = 2J(ρ) + 2J(−ρ) = (2 s sin θ + (π − 2θ) q12) / π,  E[φ'φ'] = 1 − 2θ/π
+    erf         E[φφ]   = (2/π) arcsin(2 q12 / √((1 + 2q11)(1 + 2q22)))     (Williams 1997)
+                E[φ'φ'] = (4/π) / √((1 + 2q11)(1 + 2q22) − 4 q12²)
+    identity    E[φφ] = q12,  E[φ'φ'] = 1
+
+Degenerate inputs: when q11 = 0 (or q22 = 0) the variable u is 0 almost surely and the
+expectations are φ(0)·E[φ(v)] and φ'(0)·E[φ'(v)], with φ'(0) the value ``derivative`` (and
+autograd) gives at the kink: 0 for relu and abs, a for leaky_relu. The arc-cosine formulas
+would otherwise return the ρ = 0 value there; the duals select the degenerate value instead.
+No branch produces NaN (no division by s), so ``torch.where`` is safe.
 """
 
 from __future__ import annotations
@@ -41,6 +64,69 @@ class Activation:
     fn: Callable[[Tensor], Tensor]
     derivative: Callable[[Tensor], Tensor]
     dual: Optional[DualFn] = None
+
+
+# --------------------------------------------------------------------------- closed-form duals
+def _arccos_parts(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(s sin θ, q12 clamped, π − θ, degenerate mask) for the arc-cosine family, NaN-free.
+
+    s sin θ = √(q11 q22 − q12²) after clamping q12 to [−s, s] (|ρ| ≤ 1, so rounding never
+    gives a negative radicand), and π − θ = atan2(s sin θ, −q12) ∈ [0, π] (θ = arccos ρ).
+    At zero variance every term is finite (atan2(0, ±0) is 0 or π); the mask marks it.
+    """
+    prod = (q11 * q22).clamp_min(0.0)
+    s = torch.sqrt(prod)
+    q12c = torch.clamp(q12, min=-s, max=s)
+    ssin = torch.sqrt((prod - q12c * q12c).clamp_min(0.0))
+    pi_minus_theta = torch.atan2(ssin, -q12c)
+    return ssin, q12c, pi_minus_theta, prod <= 0.0
+
+
+def _relu_dual(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor]:
+    ssin, q12c, pmt, degenerate = _arccos_parts(q11, q12, q22)
+    nngp = (ssin + pmt * q12c) * (0.5 / math.pi)
+    # u = 0 a.s.: E[relu(0) relu(v)] = 0 (the formula gives it) and relu'(0) = 0.
+    dot = torch.where(degenerate, 0.0, pmt * (0.5 / math.pi))
+    return nngp, dot
+
+
+def _leaky_relu_dual(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor]:
+    a = LEAKY_RELU_SLOPE
+    ssin, q12c, pmt, degenerate = _arccos_parts(q11, q12, q22)
+    theta = math.pi - pmt
+    j_plus = (ssin + pmt * q12c) * (0.5 / math.pi)    # J(ρ)
+    j_minus = (ssin - theta * q12c) * (0.5 / math.pi)  # J(−ρ)
+    nngp = (1.0 + a * a) * j_plus - 2.0 * a * j_minus
+    dot = ((1.0 + a * a) * pmt + 2.0 * a * theta) * (0.5 / math.pi)
+    # u = 0 a.s. (or v): φ'(0) = a times E[φ'(v)] = (1 + a)/2 when Var v > 0, a when v = 0 too.
+    both_zero = (q11 <= 0.0) & (q22 <= 0.0)
+    degenerate_dot = torch.where(both_zero, dot.new_tensor(a * a), dot.new_tensor(a * (1.0 + a) / 2.0))
+    dot = torch.where(degenerate, degenerate_dot, dot)
+    return nngp, dot
+
+
+def _abs_dual(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor]:
+    ssin, q12c, pmt, degenerate = _arccos_parts(q11, q12, q22)
+    theta = math.pi - pmt
+    nngp = (2.0 * ssin + (pmt - theta) * q12c) * (1.0 / math.pi)
+    dot = torch.where(degenerate, 0.0, (pmt - theta) * (1.0 / math.pi))  # sign(0) = 0
+    return nngp, dot
+
+
+def _erf_dual(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor]:
+    q11, q12, q22 = torch.broadcast_tensors(q11, q12, q22)
+    s = torch.sqrt((q11 * q22).clamp_min(0.0))
+    q12c = torch.maximum(torch.minimum(q12, s), -s)
+    denom = (1.0 + 2.0 * q11) * (1.0 + 2.0 * q22)  # ≥ 1
+    nngp = (2.0 / math.pi) * torch.asin((2.0 * q12c / torch.sqrt(denom)).clamp(-1.0, 1.0))
+    # denom − 4 q12² ≥ 1 + 2 q11 + 2 q22 ≥ 1 once |q12| ≤ s: never 0.
+    dot = (4.0 / math.pi) / torch.sqrt(denom - 4.0 * q12c * q12c)
+    return nngp, dot
+
+
+def _identity_dual(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor]:
+    q11, q12, q22 = torch.broadcast_tensors(q11, q12, q22)
+    return q12.clone(), torch.ones_like(q12)
 
 
 # --------------------------------------------------------------------------- derivatives
@@ -87,15 +173,15 @@ def _gelu(x: Tensor) -> Tensor:
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in (
-        Activation("relu", torch.relu, _relu_derivative),
-        Activation("leaky_relu", _leaky_relu, _leaky_relu_derivative),
-        Activation("abs", torch.abs, torch.sign),
-        Activation("erf", torch.erf, _erf_derivative),
+        Activation("relu", torch.relu, _relu_derivative, _relu_dual),
+        Activation("leaky_relu", _leaky_relu, _leaky_relu_derivative, _leaky_relu_dual),
+        Activation("abs", torch.abs, torch.sign, _abs_dual),
+        Activation("erf", torch.erf, _erf_derivative, _erf_dual),
         Activation("tanh", torch.tanh, _tanh_derivative),
         Activation("gelu", _gelu, _gelu_derivative),
         Activation("sigmoid", torch.sigmoid, _sigmoid_derivative),
         Activation("softplus", torch.nn.functional.softplus, torch.sigmoid),
-        Activation("identity", _identity, torch.ones_like),
+        Activation("identity", _identity, torch.ones_like, _identity_dual),
     )
 }
 
