@@ -76,8 +76,41 @@ def _user_error(message: str, run_dir: Path, in_multirun: bool, record: bool = T
         sys.exit(2)
 
 
+# Config groups whose option a user picks on the command line (`data=digits`); an unknown option
+# is reported here in one line, before Hydra would print a multi-line composition error.
+_USER_GROUPS = ("model", "data", "train", "ntk", "lazy", "experiment")
+
+
+def check_group_choices(argv: list[str], config_dir: Path) -> Optional[str]:
+    """The one-line error for the first ``group=option`` whose option does not exist, or None.
+
+    Comma-separated sweep values (``data=circle,digits``) are each checked.
+    """
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in _USER_GROUPS or not value or value == "null":
+            continue
+        allowed = sorted(p.stem for p in (config_dir / key).glob("*.yaml"))
+        for option in value.split(","):
+            if option.strip() not in allowed:
+                return f"{key}={option.strip()!r} is invalid: allowed: {', '.join(allowed)}"
+    return None
+
+
+def main() -> None:
+    """Console entry point: check the group choices, then hand over to Hydra."""
+    problem = check_group_choices(sys.argv[1:], Path(_config_dir()))
+    if problem:
+        print(f"ntk_lab: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="config")
-def main(cfg: DictConfig) -> Optional[float]:
+def _hydra_main(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_multirun = hydra_cfg.mode == RunMode.MULTIRUN

@@ -41,10 +41,16 @@ def test_bad_input_gives_one_line_and_a_nonzero_exit(workdir, args, message):
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_unknown_dataset_is_refused_by_hydra_with_the_options(workdir):
-    result = run_cli([*TINY, "data=mnist"], workdir)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "data/mnist" in result.stderr and "circle" in result.stderr
+@pytest.mark.parametrize("args,message", [
+    (["data=mnist"], "data='mnist' is invalid: allowed: circle, digits, file, sphere_teacher"),
+    (["-m", "data=circle,mnist"], "data='mnist' is invalid"),
+    (["experiment=wdth_sweep"], "experiment='wdth_sweep' is invalid: allowed: alpha_sweep"),
+])
+def test_an_unknown_group_option_gives_one_line_with_the_options(workdir, args, message):
+    result = run_cli([*TINY, *args], workdir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
 
 
 def test_a_bad_sweep_value_stops_the_sweep_before_any_job(workdir):
