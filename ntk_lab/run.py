@@ -81,22 +81,40 @@ def _user_error(message: str, run_dir: Path, in_multirun: bool, record: bool = T
 _USER_GROUPS = ("model", "data", "train", "ntk", "lazy", "experiment")
 
 
-def check_group_choices(argv: list[str], config_dir: Path) -> Optional[str]:
-    """The one-line error for the first ``group=option`` whose option does not exist, or None.
+def _yaml_keys(path: Path) -> set[str]:
+    import yaml
 
-    Comma-separated sweep values (``data=circle,digits``) are each checked.
+    content = yaml.safe_load(path.read_text()) or {}
+    return {k for k in content if k not in ("defaults", "hydra")}
+
+
+def check_group_choices(argv: list[str], config_dir: Path) -> Optional[str]:
+    """The one-line error for the first override naming an unknown option or key, or None.
+
+    ``group=option`` (comma-separated sweep values each checked) must name a file of the
+    group; ``group.key=value`` a key that some option of the group has; ``key=value`` a
+    top-level key of config.yaml. Hydra's own keys (``hydra.*``) are left to Hydra.
     """
+    top_level = _yaml_keys(config_dir / "config.yaml")
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue
         key, value = arg.split("=", 1)
         key = key.lstrip("+~")
-        if key not in _USER_GROUPS or not value or value == "null":
+        group, _, sub = key.partition(".")
+        if group == "hydra" or group.startswith("hydra/"):
             continue
-        allowed = sorted(p.stem for p in (config_dir / key).glob("*.yaml"))
-        for option in value.split(","):
-            if option.strip() not in allowed:
-                return f"{key}={option.strip()!r} is invalid: allowed: {', '.join(allowed)}"
+        if group in _USER_GROUPS and not sub:
+            allowed = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+            for option in value.split(","):
+                if value not in ("", "null") and option.strip() not in allowed:
+                    return f"{group}={option.strip()!r} is invalid: allowed: {', '.join(allowed)}"
+        elif group in _USER_GROUPS and group != "experiment":
+            known = set().union(*(_yaml_keys(p) for p in (config_dir / group).glob("*.yaml")))
+            if sub not in known:
+                return f"{key} is not a setting; {group} has: {', '.join(sorted(known))}"
+        elif not sub and group not in top_level:
+            return f"{key} is not a setting; top-level keys: {', '.join(sorted(top_level))}"
     return None
 
 

@@ -45,8 +45,10 @@ def test_bad_input_gives_one_line_and_a_nonzero_exit(workdir, args, message):
     (["data=mnist"], "data='mnist' is invalid: allowed: circle, digits, file, sphere_teacher"),
     (["-m", "data=circle,mnist"], "data='mnist' is invalid"),
     (["experiment=wdth_sweep"], "experiment='wdth_sweep' is invalid: allowed: alpha_sweep"),
+    (["model.activaton=tanh"], "model.activaton is not a setting; model has: activation"),
+    (["+widht=64"], "widht is not a setting; top-level keys: analyze, depth"),
 ])
-def test_an_unknown_group_option_gives_one_line_with_the_options(workdir, args, message):
+def test_an_unknown_option_or_key_gives_one_line_with_the_allowed_ones(workdir, args, message):
     result = run_cli([*TINY, *args], workdir)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
