@@ -4,12 +4,15 @@
 :func:`validate`, which returns a :class:`RunConfig` of plain dataclasses or raises
 :class:`ConfigError` with one line naming the key, the bad value and what is allowed. Nothing
 downstream re-checks its inputs. No other module sees the Hydra config object.
+:func:`check_overrides` checks the command line's group options and setting names against the
+config files before Hydra composes, so a typo also gets one line.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from ntk_lab.activations import ACTIVATIONS
@@ -246,3 +249,45 @@ def data_settings(d: DataConfig) -> dict[str, Any]:
     if d.name == "file":
         settings["path"] = d.path
     return settings
+
+
+# Config groups whose option a user picks on the command line (`data=digits`); an unknown option
+# is reported here in one line, before Hydra would print a multi-line composition error.
+_USER_GROUPS = ("model", "data", "train", "ntk", "lazy", "experiment")
+
+
+def _yaml_keys(path: Path) -> set[str]:
+    import yaml
+
+    content = yaml.safe_load(path.read_text()) or {}
+    return {k for k in content if k not in ("defaults", "hydra")}
+
+
+def check_overrides(argv: list[str], config_dir: Path) -> Optional[str]:
+    """The one-line error for the first override naming an unknown option or key, or None.
+
+    ``group=option`` (comma-separated sweep values each checked) must name a file of the
+    group; ``group.key=value`` a key that some option of the group has; ``key=value`` a
+    top-level key of config.yaml. Hydra's own keys (``hydra.*``) are left to Hydra.
+    """
+    top_level = _yaml_keys(config_dir / "config.yaml")
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        group, _, sub = key.partition(".")
+        if group == "hydra" or group.startswith("hydra/"):
+            continue
+        if group in _USER_GROUPS and not sub:
+            allowed = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+            for option in value.split(","):
+                if value not in ("", "null") and option.strip() not in allowed:
+                    return f"{group}={option.strip()!r} is invalid: allowed: {', '.join(allowed)}"
+        elif group in _USER_GROUPS and group != "experiment":
+            known = set().union(*(_yaml_keys(p) for p in (config_dir / group).glob("*.yaml")))
+            if sub not in known:
+                return f"{key} is not a setting; {group} has: {', '.join(sorted(known))}"
+        elif not sub and group not in top_level:
+            return f"{key} is not a setting; top-level keys: {', '.join(sorted(top_level))}"
+    return None

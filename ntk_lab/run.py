@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ntk_lab import build
-from ntk_lab.config import ConfigError, validate
+from ntk_lab.config import ConfigError, check_overrides, validate
 from ntk_lab.data import DataError
 from ntk_lab.records import (
     FINISHED_STATUSES, STATUS_FAILED, STATUS_INTERRUPTED, SUMMARY_FILE, find_runs, read_run,
@@ -76,51 +76,9 @@ def _user_error(message: str, run_dir: Path, in_multirun: bool, record: bool = T
         sys.exit(2)
 
 
-# Config groups whose option a user picks on the command line (`data=digits`); an unknown option
-# is reported here in one line, before Hydra would print a multi-line composition error.
-_USER_GROUPS = ("model", "data", "train", "ntk", "lazy", "experiment")
-
-
-def _yaml_keys(path: Path) -> set[str]:
-    import yaml
-
-    content = yaml.safe_load(path.read_text()) or {}
-    return {k for k in content if k not in ("defaults", "hydra")}
-
-
-def check_group_choices(argv: list[str], config_dir: Path) -> Optional[str]:
-    """The one-line error for the first override naming an unknown option or key, or None.
-
-    ``group=option`` (comma-separated sweep values each checked) must name a file of the
-    group; ``group.key=value`` a key that some option of the group has; ``key=value`` a
-    top-level key of config.yaml. Hydra's own keys (``hydra.*``) are left to Hydra.
-    """
-    top_level = _yaml_keys(config_dir / "config.yaml")
-    for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        key, value = arg.split("=", 1)
-        key = key.lstrip("+~")
-        group, _, sub = key.partition(".")
-        if group == "hydra" or group.startswith("hydra/"):
-            continue
-        if group in _USER_GROUPS and not sub:
-            allowed = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
-            for option in value.split(","):
-                if value not in ("", "null") and option.strip() not in allowed:
-                    return f"{group}={option.strip()!r} is invalid: allowed: {', '.join(allowed)}"
-        elif group in _USER_GROUPS and group != "experiment":
-            known = set().union(*(_yaml_keys(p) for p in (config_dir / group).glob("*.yaml")))
-            if sub not in known:
-                return f"{key} is not a setting; {group} has: {', '.join(sorted(known))}"
-        elif not sub and group not in top_level:
-            return f"{key} is not a setting; top-level keys: {', '.join(sorted(top_level))}"
-    return None
-
-
 def main() -> None:
     """Console entry point: check the group choices, then hand over to Hydra."""
-    problem = check_group_choices(sys.argv[1:], Path(_config_dir()))
+    problem = check_overrides(sys.argv[1:], Path(_config_dir()))
     if problem:
         print(f"ntk_lab: error: {problem}", file=sys.stderr)
         sys.exit(2)

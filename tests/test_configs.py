@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from ntk_lab.config import validate
+from ntk_lab.config import check_overrides, validate
 from ntk_lab.run import _config_dir
 from tests.conftest import TINY, run_cli
 
@@ -93,3 +93,13 @@ def test_multirun_sweep_makes_one_folder_per_job_and_an_analysis(workdir):
     for job in jobs:
         assert json.loads((job / "summary.json").read_text())["status"] == "ok"
     assert (sweeps[0] / "analysis" / "report.md").is_file()
+
+
+def test_check_overrides_accepts_every_valid_form_and_names_the_bad_one():
+    good = ["+width=64", "width=64,128", "++depth=2", "data=digits", "data.path=x.npz",
+            "model.activation=tanh", "-m", "experiment=width_sweep", "hydra.run.dir=here",
+            "hydra/launcher=local_parallel", "lazy=full", "lazy.linearized=true", "seed=0,1"]
+    assert check_overrides(good, CONFIG_DIR) is None
+    assert "data='cifar'" in check_overrides(["data=circle,cifar"], CONFIG_DIR)
+    assert "ntk.methd is not a setting" in check_overrides(["ntk.methd=auto"], CONFIG_DIR)
+    assert "lr_max is not a setting" in check_overrides(["+lr_max=3"], CONFIG_DIR)
