@@ -73,9 +73,15 @@ def test_kernel_gradient_flow_matches_the_linearized_model_trained_with_a_small_
     assert (lin(x_test) - test_pred).norm() / (net(x_test) - test_pred).norm() < tol
 
 
+# The network deviates from its linearization by about the kernel's own drift κ (≈ 2e-3 in
+# the setting below); 10× that leaves room for other seeds and BLAS orders, and still fails if
+# the closed form used another time normalization (e.g. η·t without /N is off by ~8×).
+NONLINEAR_GAP_TOL = 0.02
+
+
 def test_closed_form_dynamics_match_a_wide_network_trained_with_a_small_lr():
     """The network itself (not its linearization) in float64 with η = 0.01: at τ = 1 it moves
-    so little (κ ~ 1e-3) that it agrees with the closed form using its own Θ_0 to ~1e-3."""
+    so little (κ ≈ 2e-3) that it agrees with the closed form using its own Θ_0 to ≈ 2e-3."""
     net = MLP(2, 256, 2, out_dim=1, activation="tanh", b_std=0.1, seed=2, dtype=F64)
     data = make_dataset("circle", n_train=8, n_test=16, n_probe=4, seed=2).to(F64, "cpu")
     theta = empirical_ntk(net, data.x_train)
@@ -91,7 +97,7 @@ def test_closed_form_dynamics_match_a_wide_network_trained_with_a_small_lr():
     with torch.no_grad():
         moved = (net(data.x_test) - f0_test).norm()
         error = (net(data.x_test) - test_pred).norm()
-    assert error / moved < 0.02
+    assert error / moved < NONLINEAR_GAP_TOL
 
 
 def test_kernel_regression_is_the_infinite_time_limit_from_zero():
@@ -200,6 +206,8 @@ def test_mup_features_move_at_every_width_while_ntk_features_freeze():
     features does not shrink with width; under NTK it falls like n^{-1/2} (16× width: ÷4)."""
     ratio_mup = _hidden_change_per_coordinate("mup", 64) / _hidden_change_per_coordinate("mup", 1024)
     ratio_ntk = _hidden_change_per_coordinate("ntk", 64) / _hidden_change_per_coordinate("ntk", 1024)
+    # predicted ratios 1 (μP) and 4 (ntk), measured 0.89 and 3.4 with one seed and 8 test
+    # points; the two ranges do not overlap, so swapping the parameterizations fails the test
     assert 0.5 < ratio_mup < 2.0
     assert 2.5 < ratio_ntk < 6.5
 
@@ -220,4 +228,5 @@ def test_output_scale_alpha_makes_the_kernel_move_like_one_over_alpha():
             opt.step()
         return kappa(empirical_ntk(net, data.x_probe), theta_0)
 
+    # measured 11.4: the 1/α² term still adds ~10% at α = 10 (κ ≈ a/α + b/α²), hence rel=0.2
     assert final_kappa(10.0) / final_kappa(100.0) == pytest.approx(10.0, rel=0.2)
