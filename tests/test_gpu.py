@@ -35,11 +35,18 @@ def test_cuda_kernels_match_cpu_float64(method):
     assert rel_err(theta, reference) < FLOAT32_REL_TOL
 
 
+def _tf32_settings():
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9
+        return matmul.fp32_precision, cudnn.fp32_precision
+    return matmul.allow_tf32, cudnn.allow_tf32
+
+
 def test_tf32_is_restored_after_a_kernel():
-    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.fp32_precision)
+    before = _tf32_settings()
     net = MLP(3, 32, 2, seed=0, device="cuda")
     empirical_ntk(net, torch.randn(4, 3, device="cuda"))
-    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.fp32_precision) == before
+    assert _tf32_settings() == before
 
 
 def test_infinite_width_kernels_stay_on_the_device():
