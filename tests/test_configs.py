@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -37,8 +38,13 @@ def test_default_config_composes_and_validates():
 def test_every_option_of_every_group_composes(group):
     for option in group_options(group):
         extra = ["data.path=x.npz"] if (group, option) == ("data", "file") else []
-        config = validate(composed([f"{group}={option}", *extra]))
-        assert config is not None
+        plain = composed([f"{group}={option}", *extra])
+        validate(plain)  # raises ConfigError on any invalid value
+        # the chosen file's own literal values reached the composed config
+        chosen = yaml.safe_load((CONFIG_DIR / group / f"{option}.yaml").read_text()) or {}
+        for key, value in chosen.items():
+            if not (isinstance(value, str) and value.startswith("${")) and key != "path":
+                assert plain[group][key] == value, (group, option, key)
 
 
 @pytest.mark.parametrize("experiment", group_options("experiment"))
