@@ -18,6 +18,7 @@ other datasets probe the first n_probe test inputs. The data draw has its own se
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,14 @@ class Dataset:
         x_train (N_train, d), y_train (N_train, O), x_test (N_test, d), y_test (N_test, O).
         x_probe (N_probe, d): fixed inputs on which Θ is recorded.
         probe_angle (N_probe,) or None: γ_k of each circle probe point, radians in [0, 2π).
+        y_probe (N_probe, O) or None: the targets of the probe inputs (kernel-target
+            alignment and the target's eigenspace share need them).
+        image_shape: (C, H, W) when every input row is an image flattened in C, H, W order
+            (digits: (1, 8, 8)), else None. :meth:`as_images` gives the (N, C, H, W) view a
+            conv net takes; an MLP takes the flat rows.
+        num_classes: the number of classes of a classification data set (targets are
+            one-hot rows, or ±1 for two classes), None for regression. Accuracy is recorded
+            only when it is set.
     """
 
     name: str
@@ -52,6 +61,9 @@ class Dataset:
     y_test: Tensor
     x_probe: Tensor
     probe_angle: Optional[Tensor] = None
+    y_probe: Optional[Tensor] = None
+    image_shape: Optional[tuple[int, int, int]] = None
+    num_classes: Optional[int] = None
 
     @property
     def in_dim(self) -> int:
@@ -63,8 +75,25 @@ class Dataset:
 
     def to(self, dtype: torch.dtype, device: torch.device | str) -> "Dataset":
         cast = lambda t: None if t is None else t.to(dtype=dtype, device=device)  # noqa: E731
-        return Dataset(self.name, cast(self.x_train), cast(self.y_train), cast(self.x_test),
-                       cast(self.y_test), cast(self.x_probe), cast(self.probe_angle))
+        return dataclasses.replace(
+            self, **{f: cast(getattr(self, f)) for f in _TENSOR_FIELDS})
+
+    def as_images(self) -> "Dataset":
+        """The same data with every input reshaped to (N, C, H, W) (``image_shape``).
+
+        Raises:
+            DataError: the data set has no image shape (vector data).
+        """
+        if self.image_shape is None:
+            raise DataError(f"the {self.name} data are vectors, not images; a conv net needs "
+                            f"image data (e.g. data=digits)")
+        shape = tuple(self.image_shape)
+        image = lambda t: t.reshape(t.shape[0], *shape)  # noqa: E731
+        return dataclasses.replace(self, x_train=image(self.x_train), x_test=image(self.x_test),
+                                   x_probe=image(self.x_probe))
+
+
+_TENSOR_FIELDS = ("x_train", "y_train", "x_test", "y_test", "x_probe", "probe_angle", "y_probe")
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -79,7 +108,8 @@ def circle(n_train: int = 4, n_test: int = 256, n_probe: int = 64, seed: int = 0
     target = lambda x: (x[:, 0] * x[:, 1]).unsqueeze(1)  # noqa: E731
     angle = torch.arange(n_probe, dtype=torch.float64) * (2 * math.pi / n_probe)
     x_probe = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
-    return Dataset("circle", x_train, target(x_train), x_test, target(x_test), x_probe, angle)
+    return Dataset("circle", x_train, target(x_train), x_test, target(x_test), x_probe, angle,
+                   y_probe=target(x_probe))
 
 
 def sphere_teacher(
@@ -99,8 +129,9 @@ def sphere_teacher(
         y = teacher(x)
     y = y + noise * torch.randn(y.shape, generator=g, dtype=torch.float64)
     x_test = x[n_train:]
-    return Dataset("sphere_teacher", x[:n_train], y[:n_train], x_test, y[n_train:],
-                   x_test[:n_probe].clone())
+    y_test = y[n_train:]
+    return Dataset("sphere_teacher", x[:n_train], y[:n_train], x_test, y_test,
+                   x_test[:n_probe].clone(), y_probe=y_test[:n_probe].clone())
 
 
 def digits(n_train: int = 256, n_test: int = 512, n_probe: int = 32, seed: int = 0) -> Dataset:
@@ -125,9 +156,10 @@ def digits(n_train: int = 256, n_test: int = 512, n_probe: int = 32, seed: int =
     x_all = (x_all - mean) / std
     one_hot = np.eye(10)[labels]
     t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
-    x_test = t(x_all[test_idx])
-    return Dataset("digits", t(x_all[train_idx]), t(one_hot[train_idx]), x_test,
-                   t(one_hot[test_idx]), x_test[:n_probe].clone())
+    x_test, y_test = t(x_all[test_idx]), t(one_hot[test_idx])
+    return Dataset("digits", t(x_all[train_idx]), t(one_hot[train_idx]), x_test, y_test,
+                   x_test[:n_probe].clone(), y_probe=y_test[:n_probe].clone(),
+                   image_shape=(1, 8, 8), num_classes=10)
 
 
 def load_arrays(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -211,8 +243,9 @@ def from_file(path: str | Path, n_train: Optional[int] = None, n_test: Optional[
     order = torch.randperm(n, generator=_generator(seed)).numpy()
     t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
     x_test = t(x[order[n_train:n_train + n_test]])
-    return Dataset("file", t(x[order[:n_train]]), t(y[order[:n_train]]), x_test,
-                   t(y[order[n_train:n_train + n_test]]), x_test[:n_probe].clone())
+    y_test = t(y[order[n_train:n_train + n_test]])
+    return Dataset("file", t(x[order[:n_train]]), t(y[order[:n_train]]), x_test, y_test,
+                   x_test[:n_probe].clone(), y_probe=y_test[:n_probe].clone())
 
 
 _BUILDERS = {"circle": circle, "sphere_teacher": sphere_teacher, "digits": digits, "file": from_file}

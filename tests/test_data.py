@@ -74,3 +74,32 @@ def test_file_errors_name_data_path(tmp_path, content, match):
 def test_unknown_dataset_lists_the_allowed_ones():
     with pytest.raises(DataError, match="circle"):
         make_dataset("mnist")
+
+
+@pytest.mark.parametrize("name", ["circle", "sphere_teacher", "digits"])
+def test_probe_targets_are_the_probe_inputs_targets(name):
+    """y_probe pairs each probe input with its own target: the circle's x₁x₂, and for the
+    other sets the test targets of the test inputs the probes were taken from."""
+    data = make_dataset(name, n_probe=8)
+    assert data.y_probe.shape == (8, data.out_dim)
+    if name == "circle":
+        expected = (data.x_probe[:, 0] * data.x_probe[:, 1]).unsqueeze(1)
+    else:
+        assert torch.equal(data.x_probe, data.x_test[:8])
+        expected = data.y_test[:8]
+    assert torch.equal(data.y_probe, expected)
+
+
+def test_digits_as_images_keeps_pixel_order():
+    """digits rows are 8×8 images flattened row by row: pixel (r, c) is column 8r + c."""
+    data = make_dataset("digits", n_train=4, n_test=8, n_probe=2)
+    images = data.as_images()
+    assert data.image_shape == (1, 8, 8) and data.num_classes == 10
+    assert images.x_train.shape == (4, 1, 8, 8) and images.x_probe.shape == (2, 1, 8, 8)
+    assert torch.equal(images.x_train[:, 0, 2, 5], data.x_train[:, 8 * 2 + 5])
+    assert torch.equal(images.y_train, data.y_train)
+
+
+def test_vector_data_as_images_is_a_one_line_error():
+    with pytest.raises(DataError, match="vectors, not images"):
+        make_dataset("circle").as_images()
