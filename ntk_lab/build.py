@@ -16,23 +16,49 @@ from typing import Any, Callable, Optional
 import torch
 
 import ntk_lab
+from ntk_lab import preflight
 from ntk_lab.config import ConfigError, RunConfig, data_settings
 from ntk_lab.data import Dataset, make_dataset
 from ntk_lab.kernels.analytic import infinite_width_kernels
 from ntk_lab.kernels.regression import GradientFlowPredictor
-from ntk_lab.models import MLP, ScaledOutput
+from ntk_lab.kernels.structured import feature_bytes_per_sample
+from ntk_lab.models import MLP, ScaledOutput, unwrap_mlp
 from ntk_lab.records import STATUS_FAILED, STATUS_RUNNING, RunRecorder, write_summary
-from ntk_lab.train import TrainOutcome, TrainSettings, train
+from ntk_lab.storage import StoragePlan, plan_storage
+from ntk_lab.train import TrainOutcome, TrainSettings, checkpoint_steps, train
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an explicit CUDA device must exist."""
+def resolve_device(name: str, job_num: Optional[int] = None,
+                   gpu_count: Optional[int] = None) -> torch.device:
+    """The device a run uses.
+
+    ``auto`` -> CUDA when available, else CPU. In a sweep (``job_num`` given: Hydra's job
+    number) on a node with k ≥ 2 visible GPUs, ``auto`` puts job j on ``cuda:(j mod k)``, so
+    parallel jobs (``hydra/launcher=local_parallel``) spread over the node's GPUs; under
+    Slurm each job usually sees only its own GPU (k = 1) and takes ``cuda:0``. An explicit
+    CUDA device must exist.
+
+    Args:
+        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        job_num: the job's number within a multirun, None for a single run.
+        gpu_count: visible GPUs (default ``torch.cuda.device_count()``; tests stub it).
+    """
+    count = torch.cuda.device_count() if gpu_count is None else gpu_count
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} is invalid: CUDA is not available here; allowed: auto, cpu")
+        if count == 0 or (gpu_count is None and not torch.cuda.is_available()):
+            return torch.device("cpu")
+        if job_num is not None and count > 1:
+            return torch.device("cuda", job_num % count)
+        return torch.device("cuda")
+    if name.startswith("cuda"):
+        if count == 0 or (gpu_count is None and not torch.cuda.is_available()):
+            raise ConfigError(f"device={name!r} is invalid: CUDA is not available here; allowed: auto, cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= count:
+            raise ConfigError(f"device={name!r} is invalid: this machine has {count} GPU(s); "
+                              f"allowed: auto, cpu, cuda:0 … cuda:{count - 1}")
     return torch.device(name)
 
 
@@ -52,6 +78,38 @@ def versions() -> dict[str, Any]:
     return info
 
 
+def memory_refusal(config: RunConfig, data: Dataset, device: torch.device) -> Optional[str]:
+    """The one-line refusal when the run's estimated peak memory exceeds what the device has
+    free (:mod:`ntk_lab.preflight`), else None. Allocates nothing: the network is measured on
+    the ``meta`` device."""
+    dtype = DTYPES[config.precision]
+    shape = preflight.run_shape(
+        lambda dev: build_model(config, data, dtype, dev), data.x_train[:1].to(dtype),
+        itemsize=torch.finfo(dtype).bits // 8, n_train=len(data.x_train), n_test=len(data.x_test),
+        n_probe=len(data.x_probe), batch=config.train.batch_size,
+        feature_bytes=lambda net: _structured_feature_bytes(net, dtype))
+    estimate = preflight.estimate_memory(shape, instrumentation(config), device.type)
+    available, where = preflight.available_memory(device)
+    return preflight.refusal(estimate, available, where)
+
+
+def instrumentation(config: RunConfig) -> preflight.Instrumentation:
+    """The run's measuring settings, as the memory estimate needs them."""
+    k, z = config.ntk, config.lazy
+    return preflight.Instrumentation(
+        ntk_enabled=k.enabled, jac_change=k.jac_change,
+        n_checkpoints=len(checkpoint_steps(config.train.steps, k.checkpoints)),
+        memory_budget_bytes=k.memory_budget_mb << 20, store=k.store, store_dtype=k.store_dtype,
+        store_max_mb=k.store_max_mb, linearized=z.linearized,
+        infinite_width=z.infinite_width and k.enabled, kappa_hessian=z.kappa_hessian and k.enabled,
+        centered=config.model.center)
+
+
+def _structured_feature_bytes(net: torch.nn.Module, dtype: torch.dtype) -> Optional[int]:
+    mlp, _ = unwrap_mlp(net)
+    return None if mlp is None else feature_bytes_per_sample(mlp, torch.finfo(dtype).bits // 8)
+
+
 def build_model(config: RunConfig, data: Dataset, dtype: torch.dtype, device) -> torch.nn.Module:
     """The MLP of ``config.model`` for ``data``, α-scaled when ``output_scale`` ≠ 1 or centered."""
     m = config.model
@@ -59,8 +117,11 @@ def build_model(config: RunConfig, data: Dataset, dtype: torch.dtype, device) ->
     if out_dim != data.out_dim:
         raise ConfigError(f"model.out_dim={m.out_dim} is invalid: the {data.name} data has "
                           f"{data.out_dim} target column(s); use null or {data.out_dim}")
+    # on the meta device (the memory estimate) there are no values to draw: skip the seeded
+    # generator, which walks every element even there (seconds at width 10⁸)
+    seed = None if torch.device(device).type == "meta" else config.train.seed
     net = MLP(data.in_dim, m.width, m.depth, out_dim, m.activation, m.parameterization,
-              m.w_std, m.b_std, seed=config.train.seed, dtype=dtype, device=device)
+              m.w_std, m.b_std, seed=seed, dtype=dtype, device=device)
     if m.output_scale != 1.0 or m.center:
         return ScaledOutput(net, m.output_scale, m.center)
     return net
@@ -102,23 +163,40 @@ def _summary(config: RunConfig, status: str, message: str, started: float, **ext
 
 def run_experiment(
     config: RunConfig, run_dir: Path, *, stop_requested: Callable[[], bool] = lambda: False,
-    started: Optional[float] = None,
+    started: Optional[float] = None, job_num: Optional[int] = None,
 ) -> TrainOutcome:
-    """Train one network as ``config`` says and write its run folder (DESIGN.md §5)."""
+    """Train one network as ``config`` says and write its run folder (DESIGN.md §5).
+
+    Raises:
+        ConfigError: settings the data cannot satisfy, or a run whose estimated memory does
+            not fit the device (raised before the network is allocated).
+    """
     started = time.time() if started is None else started
     run_dir = Path(run_dir)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, job_num)
     dtype = DTYPES[config.precision]
     torch.manual_seed(config.train.seed)
     data = make_dataset(config.data.name, **data_settings(config.data))
+    problem = memory_refusal(config, data, device)
+    if problem:
+        raise ConfigError(problem)
     model = build_model(config, data, dtype, device)
-    static = probe_kernels(config, data)
+    kernels_on = config.ntk.enabled
+    plan = plan_storage(len(data.x_probe), len(checkpoint_steps(config.train.steps, config.ntk.checkpoints)),
+                        dtype, store=config.ntk.store, store_dtype=config.ntk.store_dtype,
+                        max_mb=config.ntk.store_max_mb) if kernels_on else StoragePlan("none", None, None, 0)
+    static = probe_kernels(config, data) if kernels_on else {"probe_x": data.x_probe}
+    if data.y_probe is not None:
+        static["probe_y"] = data.y_probe
     data = data.to(dtype, device)
     config.model.out_dim = data.out_dim
     config.device = str(device)
-    write_summary(run_dir, _summary(config, STATUS_RUNNING, "", started))
+    notes = {"kernel_store": plan.level}
+    if not kernels_on:
+        notes["kernels"] = "off (ntk.enabled=false): no empirical NTK, no Θ_∞ and no metric built on them"
+    write_summary(run_dir, _summary(config, STATUS_RUNNING, "", started, **notes))
 
-    recorder = RunRecorder(run_dir, static)
+    recorder = RunRecorder(run_dir, static, plan)
     settings = TrainSettings(
         steps=config.train.steps, lr=config.train.lr, batch_size=config.train.batch_size,
         checkpoints=config.ntk.checkpoints, ntk_method=config.ntk.method,
@@ -126,16 +204,20 @@ def run_experiment(
         record_jac_change=config.ntk.jac_change, progress=config.progress,
         track_linearized=config.lazy.linearized, kappa_hessian=config.lazy.kappa_hessian,
         hessian_points=config.lazy.hessian_points, hessian_iters=config.lazy.hessian_iters,
+        ntk_enabled=kernels_on,
     )
-    theta_inf = static["theta_inf"].to(device)
-    infinite = infinite_width_predictor(config, data) if config.lazy.infinite_width else None
+    if not kernels_on:
+        settings.record_jac_change = settings.kappa_hessian = False
+    theta_inf = static["theta_inf"].to(device) if kernels_on else None
+    infinite = (infinite_width_predictor(config, data)
+                if config.lazy.infinite_width and kernels_on else None)
     outcome = train(model, data, settings, recorder, theta_inf=theta_inf,
                     loss_scale=1.0 / config.model.output_scale**2, infinite=infinite,
                     stop_requested=stop_requested)
     final = outcome.rows[-1] if outcome.rows else {}
     recorder.finish(_summary(config, outcome.status, outcome.message, started,
                              diverged_step=outcome.diverged_step, last_step=outcome.last_step,
-                             final=final))
+                             final=final, **notes))
     _draw_run_figures(run_dir)
     return outcome
 
@@ -149,3 +231,20 @@ def _draw_run_figures(run_dir: Path) -> None:
 def record_failure(config: RunConfig, run_dir: Path, message: str, started: float) -> None:
     """Mark a run that raised as ``failed`` (its metrics.csv keeps the rows it reached)."""
     write_summary(run_dir, _summary(config, STATUS_FAILED, message, started))
+
+
+def preflight_refusal(config: RunConfig, job_num: Optional[int] = None) -> Optional[str]:
+    """For a sweep's check before any job starts: build the job's data (small) and return the
+    memory refusal :func:`run_experiment` would raise, or None. Data sets are cached across the
+    jobs of one sweep.
+
+    Raises:
+        ConfigError, DataError: settings the data cannot satisfy.
+    """
+    key = (config.data.name, tuple(sorted(data_settings(config.data).items())))
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = make_dataset(config.data.name, **data_settings(config.data))
+    return memory_refusal(config, _DATA_CACHE[key], resolve_device(config.device, job_num))
+
+
+_DATA_CACHE: dict = {}

@@ -19,6 +19,7 @@ from ntk_lab.activations import ACTIVATIONS
 from ntk_lab.data import DATASETS
 from ntk_lab.kernels.empirical import METHODS
 from ntk_lab.models import PARAMETERIZATIONS
+from ntk_lab.storage import DEFAULT_STORE_MAX_MB, STORE_DTYPES, STORE_LEVELS
 
 PRECISIONS = ("float32", "float64")
 
@@ -62,10 +63,14 @@ class TrainConfig:
 
 @dataclass
 class NTKConfig:
+    enabled: bool  # False: no kernels, no Θ_∞ — the baseline the instrumentation costs against
     method: str
     checkpoints: int
     memory_budget_mb: int
     jac_change: bool
+    store: str  # which Θ_t kernels.pt keeps (ntk_lab.storage)
+    store_dtype: str
+    store_max_mb: int
 
 
 @dataclass
@@ -99,7 +104,7 @@ class RunConfig:
             "output_scale": m.output_scale, "center": m.center,
             "dataset": d.name, "n_train": d.n_train, "n_test": d.n_test, "n_probe": d.n_probe,
             "data_seed": d.seed, "steps": t.steps, "batch_size": t.batch_size,
-            "ntk_method": k.method, "checkpoints": k.checkpoints,
+            "ntk_enabled": k.enabled, "ntk_method": k.method, "checkpoints": k.checkpoints,
             "dtype": self.precision, "device": self.device,
         }
 
@@ -215,10 +220,14 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
         seed=_int("train.seed", g(train, "train", "seed"), 0),
     )
     k = NTKConfig(
+        enabled=_bool("ntk.enabled", g(ntk, "ntk", "enabled", True)),
         method=_choice("ntk.method", g(ntk, "ntk", "method"), METHODS),
         checkpoints=_int("ntk.checkpoints", g(ntk, "ntk", "checkpoints"), 2),
         memory_budget_mb=_int("ntk.memory_budget_mb", g(ntk, "ntk", "memory_budget_mb", 1024), 1),
         jac_change=_bool("ntk.jac_change", g(ntk, "ntk", "jac_change", True)),
+        store=_choice("ntk.store", g(ntk, "ntk", "store", "auto"), STORE_LEVELS),
+        store_dtype=_choice("ntk.store_dtype", g(ntk, "ntk", "store_dtype", "auto"), STORE_DTYPES),
+        store_max_mb=_int("ntk.store_max_mb", g(ntk, "ntk", "store_max_mb", DEFAULT_STORE_MAX_MB), 1),
     )
     z = LazyConfig(
         linearized=_bool("lazy.linearized", g(lazy, "lazy", "linearized", False)),

@@ -26,6 +26,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 
+from ntk_lab.storage import StoragePlan
+
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 KERNELS_FILE = "kernels.pt"
@@ -218,24 +220,49 @@ class RunRecorder:
 
     ``metrics.csv`` is rewritten (atomically) at every checkpoint, so an interrupted run keeps
     every row it reached; ``kernels.pt`` and ``summary.json`` are written by :meth:`finish`.
+    Which Θ_t are held (and stored) follows ``plan`` (:mod:`ntk_lab.storage`): every one, the
+    first and the latest, or none — so memory does not grow with the checkpoints when the
+    kernels are large.
+
+    ``kernels.pt`` holds the static tensors given (``probe_x``, ``theta_inf`` and ``nngp_inf``
+    as the plan allows, ...), ``checkpoint_steps`` (K,) every checkpoint step, ``steps`` (K',)
+    the steps whose Θ is stored, ``theta`` (K', N, N), and ``store`` (the level).
     """
 
-    def __init__(self, run_dir: Path, static_kernels: Optional[Mapping[str, Any]] = None):
+    _LIMITS = ("theta_inf", "nngp_inf")
+
+    def __init__(self, run_dir: Path, static_kernels: Optional[Mapping[str, Any]] = None,
+                 plan: Optional[StoragePlan] = None):
         self.run_dir = Path(run_dir)
         self.rows: list[dict] = []
+        self.checkpoint_steps: list[int] = []
         self.steps: list[int] = []
         self.thetas: list[torch.Tensor] = []
-        self.static_kernels = dict(static_kernels or {})
+        self.plan = plan or StoragePlan("all", None, None, 0)
+        self.static_kernels = {k: v for k, v in dict(static_kernels or {}).items()
+                               if k not in self._LIMITS or self._keeps(k)}
 
-    def checkpoint(self, row: Mapping[str, Any], theta: torch.Tensor) -> None:
+    def _keeps(self, name: str) -> bool:
+        return self.plan.keeps_nngp if name == "nngp_inf" else self.plan.keeps_limits
+
+    def checkpoint(self, row: Mapping[str, Any], theta: Optional[torch.Tensor]) -> None:
         self.rows.append(dict(row))
-        self.steps.append(int(row["step"]))
-        self.thetas.append(theta.detach().cpu())
+        self.checkpoint_steps.append(int(row["step"]))
+        if theta is not None and self.plan.level != "none":
+            kept = self.plan.cast_theta(theta.detach()).cpu()
+            if self.plan.level == "ends" and len(self.thetas) == 2:  # keep the first, replace the latest
+                self.thetas.pop()
+                self.steps.pop()
+            self.thetas.append(kept)
+            self.steps.append(int(row["step"]))
         write_metrics(self.run_dir, self.rows)
 
     def kernels(self) -> dict[str, Any]:
-        payload = dict(self.static_kernels)
+        payload = {k: (self.plan.cast_limit(v) if k in self._LIMITS else v)
+                   for k, v in self.static_kernels.items()}
+        payload["checkpoint_steps"] = torch.tensor(self.checkpoint_steps, dtype=torch.int64)
         payload["steps"] = torch.tensor(self.steps, dtype=torch.int64)
+        payload["store"] = self.plan.level
         if self.thetas:
             payload["theta"] = torch.stack(self.thetas)
         return payload

@@ -110,7 +110,8 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     stop.install()
     started = time.time()
     try:
-        outcome = build.run_experiment(config, run_dir, stop_requested=stop, started=started)
+        outcome = build.run_experiment(config, run_dir, stop_requested=stop, started=started,
+                                       job_num=hydra_cfg.job.num if in_multirun else None)
     except (ConfigError, DataError) as err:
         return _user_error(str(err), run_dir, in_multirun)
     except Exception as err:  # a bug or a resource error: recorded, the sweep goes on
@@ -128,9 +129,18 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     return None
 
 
-def _sweep_override_sets(config: DictConfig) -> list[list[str]]:
-    """One override list per swept value: that value, the other swept keys at their first
-    value, and every fixed override — enough to check each value of the sweep once."""
+# A sweep larger than this is checked one swept value at a time (each value with the other
+# keys at their first value) instead of job by job: composing a config takes ~30 ms.
+MAX_JOBS_CHECKED_ONE_BY_ONE = 1000
+
+
+def _sweep_override_sets(config: DictConfig) -> list[tuple[list[str], list[str]]]:
+    """(overrides, the swept ones among them) of every job of the sweep (the Cartesian product of the swept values,
+    as Hydra's basic sweeper makes it) — or, for a sweep of more than
+    ``MAX_JOBS_CHECKED_ONE_BY_ONE`` jobs, one list per swept value: that value, the other
+    swept keys at their first value, and every fixed override."""
+    from itertools import product
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     task = list(config.hydra.overrides.task)
@@ -140,12 +150,22 @@ def _sweep_override_sets(config: DictConfig) -> list[list[str]]:
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     swept = [(o.get_key_element(), list(o.sweep_string_iterator()))
              for o in parsed if o.is_sweep_override()]
+    if not swept:
+        return [(fixed, [])]
+    n_jobs = 1
+    for _, values in swept:
+        n_jobs *= len(values)
+    if n_jobs <= MAX_JOBS_CHECKED_ONE_BY_ONE:
+        jobs = [[f"{key}={value}" for (key, _), value in zip(swept, combo)]
+                for combo in product(*(values for _, values in swept))]
+        return [([*fixed, *job], job) for job in jobs]
     firsts = {key: values[0] for key, values in swept}
     sets = []
     for key, values in swept:
         others = [f"{k}={v}" for k, v in firsts.items() if k != key]
-        sets += [[*fixed, *others, f"{key}={value}"] for value in values]
-    return sets or [fixed]
+        sets += [([*fixed, *others, f"{key}={value}"], [*others, f"{key}={value}"])
+                 for value in values]
+    return sets
 
 
 class AnalyzeSweepCallback(Callback):
@@ -162,12 +182,17 @@ class AnalyzeSweepCallback(Callback):
                   file=sys.stderr)
             sys.exit(2)
 
-        for overrides in _sweep_override_sets(config):
+        for job_num, (overrides, swept) in enumerate(_sweep_override_sets(config)):
             cfg = compose(config_name="config", overrides=overrides)
             try:
-                validate(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
-            except ConfigError as err:
-                print(f"ntk_lab: error: {err} (sweep stopped before any job ran)", file=sys.stderr)
+                run_config = validate(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
+                problem = build.preflight_refusal(run_config, job_num)
+            except (ConfigError, DataError) as err:
+                problem = str(err)
+            if problem:
+                job = f"; the job with {' '.join(swept)}" if swept else ""
+                print(f"ntk_lab: error: {problem} (sweep stopped before any job ran{job})",
+                      file=sys.stderr)
                 sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ntk_lab import metrics
 from ntk_lab.data import Dataset
 from ntk_lab.hessian import kappa_hessian
-from ntk_lab.kernels import empirical_ntk, jacobian_change
+from ntk_lab.kernels.tracker import ProbeKernelTracker
 from ntk_lab.kernels.regression import GradientFlowPredictor
 from ntk_lab.linearized import LinearizedModel
 from ntk_lab.models import unwrap_mlp
@@ -44,6 +44,9 @@ class TrainSettings:
         track_linearized: train the linearized network alongside (``lin_gap``, losses).
         kappa_hessian: at the last step, the NTK notes' Hessian κ on the first
             ``hessian_points`` probe points with ``hessian_iters`` power iterations.
+        ntk_enabled: False trains and logs losses and parameter changes only — no empirical
+            kernel, no Jacobian change (the baseline the instrumentation's cost is measured
+            against).
     """
 
     steps: int = 200
@@ -59,12 +62,14 @@ class TrainSettings:
     kappa_hessian: bool = False
     hessian_points: int = 8
     hessian_iters: int = 30
+    ntk_enabled: bool = True
 
 
 class Recorder(Protocol):
-    """Receives one row of metrics and Θ_t (N_probe, N_probe) at every checkpoint."""
+    """Receives one row of metrics and Θ_t (N_probe, N_probe) at every checkpoint (None when
+    kernels are off, or when the row records a divergence)."""
 
-    def checkpoint(self, row: dict, theta: Tensor) -> None: ...
+    def checkpoint(self, row: dict, theta: Optional[Tensor]) -> None: ...
 
 
 @dataclass
@@ -115,69 +120,101 @@ def _batches(n: int, batch_size: Optional[int], seed: int, device) -> Callable[[
 
 
 class _Checkpointer:
-    """Evaluates the row of metrics at a checkpoint against the state at step 0."""
+    """Evaluates the row of metrics at a checkpoint against the state at step 0.
+
+    Each checkpoint does one forward pass over the training and test inputs together (losses,
+    the lazy comparisons), one pass over the parameters (every ``param_change`` column, and
+    the check that they are finite), and — when kernels are on — one structured features pass
+    over the probe set (Θ_t and ``jac_change``, :class:`ProbeKernelTracker`).
+    """
 
     def __init__(self, model: nn.Module, data: Dataset, settings: TrainSettings,
                  theta_inf: Optional[Tensor], loss_scale: float,
                  linearized: Optional[LinearizedModel], infinite: Optional[GradientFlowPredictor]):
         self.model, self.data, self.settings = model, data, settings
-        self.theta_inf = theta_inf
+        self.theta_inf = theta_inf.double() if theta_inf is not None else None
         self.loss_scale = loss_scale
-        self.initial_model = copy.deepcopy(model).requires_grad_(False)
         self.params_0 = {k: v.detach().clone() for k, v in _trainable(model).items()}
+        self.norms_0 = metrics.squared_norms(self.params_0)
         self.layer_names = layer_weight_names(model)
-        self.theta_0: Optional[Tensor] = None
+        self.kernels = (ProbeKernelTracker(model, data.x_probe, method=settings.ntk_method,
+                                           memory_budget_bytes=settings.memory_budget_bytes,
+                                           jac_change=settings.record_jac_change)
+                        if settings.ntk_enabled else None)
+        # θ_0 as a module is needed only by the Hessian κ (the tracker keeps its own features)
+        self.initial_model = (copy.deepcopy(model).requires_grad_(False)
+                              if settings.kappa_hessian else None)
+        self.theta_0: Optional[Tensor] = None  # float64
         self.linearized, self.infinite = linearized, infinite
-        with torch.no_grad():
-            self.f0_test = model(data.x_test).double()
-            if infinite is not None:
-                infinite.set_initial(model(data.x_train), self.f0_test)
-                self.kernel_regression_loss = _mse64(infinite.kernel_regression(), data.y_test)
+        f0_train, self.f0_test = self._outputs()
+        self.f0_test = self.f0_test.double()
+        if infinite is not None:
+            infinite.set_initial(f0_train, self.f0_test)
+            self.kernel_regression_loss = _mse64(infinite.kernel_regression(), data.y_test)
 
-    def row(self, step: int) -> tuple[dict, Tensor]:
-        s, data, model = self.settings, self.data, self.model
+    def _outputs(self) -> tuple[Tensor, Tensor]:
+        """f(x_train), f(x_test) from one forward pass over both (no graph)."""
+        data = self.data
         with torch.no_grad():
-            train_loss = metrics.mse_loss(model(data.x_train), data.y_train).item()
-            test_loss = metrics.mse_loss(model(data.x_test), data.y_test).item()
-        theta = empirical_ntk(model, data.x_probe, method=s.ntk_method, mode="trace",
-                              memory_budget_bytes=s.memory_budget_bytes)
-        if self.theta_0 is None:
-            self.theta_0 = theta
-        params_t = _trainable(model)
+            out = self.model(torch.cat([data.x_train, data.x_test]))
+        return out[: len(data.x_train)], out[len(data.x_train):]
+
+    def row(self, step: int) -> tuple[dict, Optional[Tensor], Optional[str]]:
+        """(the metrics row, Θ_t or None, why training must stop or None)."""
+        s, data = self.settings, self.data
+        f_train, f_test = self._outputs()
         row = {
             "step": step,
             "time": s.lr * step,
-            "train_loss": train_loss,
-            "test_loss": test_loss,
-            "kappa": metrics.kappa(theta, self.theta_0),
-            "kernel_distance": metrics.kernel_distance(theta, self.theta_0),
-            "ntk_err_inf": (metrics.ntk_err_inf(theta, self.theta_inf)
-                            if self.theta_inf is not None else float("nan")),
-            "param_change": metrics.param_change(params_t, self.params_0),
+            "train_loss": metrics.mse_loss(f_train, data.y_train).item(),
+            "test_loss": metrics.mse_loss(f_test, data.y_test).item(),
         }
-        if s.record_jac_change:
-            row["jac_change"] = (0.0 if step == 0 else jacobian_change(
-                model, self.initial_model, data.x_probe, method=s.ntk_method,
-                memory_budget_bytes=s.memory_budget_bytes))
-        for i, name in enumerate(self.layer_names, start=1):
-            row[f"param_change_layer{i}"] = metrics.param_change(
-                {name: params_t[name]}, {name: self.params_0[name]})
-        row.update(self._lazy_comparison(step))
+        if not math.isfinite(row["train_loss"]):
+            return row, None, f"training loss became {row['train_loss']} at step {step}"
+        row.update(self._parameter_changes())
+        if not math.isfinite(row["param_change"]):
+            return row, None, f"a parameter became non-finite by step {step}"
+        theta = None
+        if self.kernels is not None:
+            theta, jac_change = self.kernels(self.model)
+            row.update(self._kernel_metrics(theta))
+            if jac_change is not None:
+                row["jac_change"] = jac_change
+        row.update(self._lazy_comparison(step, f_test.double()))
         if s.kappa_hessian and step == s.steps:
             points = data.x_probe[: s.hessian_points]
             row["kappa_hessian"], row["hessian_norm"] = kappa_hessian(
-                model, self.initial_model, points, iters=s.hessian_iters, seed=s.seed,
+                self.model, self.initial_model, points, iters=s.hessian_iters, seed=s.seed,
                 memory_budget_bytes=s.memory_budget_bytes)
-        return row, theta
+        return row, theta, None
 
-    def _lazy_comparison(self, step: int) -> dict:
+    def _parameter_changes(self) -> dict:
+        """``param_change`` and ``param_change_layer{i}`` (weights of layer i) in one pass."""
+        dist = metrics.squared_distances(_trainable(self.model), self.params_0)
+        row = {"param_change": metrics.relative_change(sum(dist.values()), sum(self.norms_0.values()))}
+        for i, name in enumerate(self.layer_names, start=1):
+            row[f"param_change_layer{i}"] = metrics.relative_change(dist[name], self.norms_0[name])
+        return row
+
+    def _kernel_metrics(self, theta: Tensor) -> dict:
+        theta64 = theta.double()
+        if self.theta_0 is None:
+            self.theta_0 = theta64
+        return {
+            "kappa": metrics.kappa(theta64, self.theta_0),
+            "kernel_distance": metrics.kernel_distance(theta64, self.theta_0),
+            "ntk_err_inf": (metrics.ntk_err_inf(theta64, self.theta_inf)
+                            if self.theta_inf is not None else float("nan")),
+        }
+
+    def _lazy_comparison(self, step: int, f_nn: Tensor) -> dict:
         """Test losses of the linearized and infinite-width models and their gaps to the network:
-        gap = ‖f_nn − f_other‖ / ‖f_nn − f_0‖ on the test set (NaN at step 0, where both are 0)."""
+        gap = ‖f_nn − f_other‖ / ‖f_nn − f_0‖ on the test set (NaN at step 0, where both are 0).
+
+        ``f_nn``: the network's test outputs at this step (float64), from the shared forward."""
         if self.linearized is None and self.infinite is None:
             return {}
         data, out = self.data, {}
-        with torch.no_grad():
-            f_nn = self.model(data.x_test).double()
         moved = torch.linalg.norm(f_nn - self.f0_test).item()
         gap = lambda other: (torch.linalg.norm(f_nn - other).item() / moved  # noqa: E731
                              if moved > 0 else float("nan"))
@@ -194,6 +231,26 @@ class _Checkpointer:
             out["inf_gap"] = gap(test_inf)
             out["test_loss_kernel_regression"] = self.kernel_regression_loss
         return out
+
+
+def _postfix(row: dict) -> dict:
+    shown = {"loss": f"{row['train_loss']:.3g}"}
+    if "kappa" in row:
+        shown["kappa"] = f"{row['kappa']:.3g}"
+    return shown
+
+
+def _guarded_step(optimizer: torch.optim.Optimizer) -> Optional[str]:
+    """``optimizer.step()``; the message of an arithmetic overflow, which is a divergence of
+    the run (not a failure of the code), else None. torch raises "value cannot be converted to
+    type float without overflow" when lr·grad leaves the parameters' dtype."""
+    try:
+        optimizer.step()
+    except RuntimeError as err:
+        if "overflow" in str(err).lower():
+            return str(err).splitlines()[0]
+        raise
+    return None
 
 
 def _mse64(pred: Tensor, target: Tensor) -> float:
@@ -237,15 +294,13 @@ def train(
     try:
         for step in range(s.steps + 1):
             if step in checkpoints:
-                row, theta = tracker.row(step)
+                row, theta, problem = tracker.row(step)
                 outcome.rows.append(row)
                 outcome.last_step = step
                 recorder.checkpoint(row, theta)
-                bar.set_postfix(loss=f"{row['train_loss']:.3g}", kappa=f"{row['kappa']:.3g}")
-                if not math.isfinite(row["train_loss"]):
-                    outcome.status = STATUS_DIVERGED
-                    outcome.diverged_step = step
-                    outcome.message = f"training loss became {row['train_loss']} at step {step}"
+                bar.set_postfix(_postfix(row))
+                if problem is not None:
+                    outcome.status, outcome.diverged_step, outcome.message = STATUS_DIVERGED, step, problem
                     break
             if step == s.steps:
                 break
@@ -263,7 +318,11 @@ def train(
                 break
             optimizer.zero_grad(set_to_none=False)  # reuse the gradient buffers: no re-allocation per step
             loss.backward()
-            optimizer.step()
+            overflow = _guarded_step(optimizer)
+            if overflow is not None:  # e.g. lr=1e308 cannot even be represented in float32
+                outcome.status, outcome.diverged_step = STATUS_DIVERGED, step
+                outcome.message = f"the parameter update overflowed at step {step}: {overflow}"
+                break
             if linearized is not None:  # the same batch, learning rate and loss scale
                 linearized.step(x, y, s.lr, loss_scale)
             bar.update(1)

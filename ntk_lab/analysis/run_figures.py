@@ -38,11 +38,12 @@ def draw_loss_kappa(run_dir: Path, out: Path) -> None:
                 title="loss")
     ax_loss.legend()
     for col, label in (("kappa", "κ = ‖Θ_t−Θ_0‖/‖Θ_0‖"), ("kernel_distance", "kernel distance"),
-                       ("ntk_err_inf", "‖Θ_t−Θ_∞‖/‖Θ_∞‖"), ("jac_change", "‖J_t−J_0‖/‖J_0‖")):
+                       ("ntk_err_inf", "‖Θ_t−Θ_∞‖/‖Θ_∞‖"), ("jac_change", "‖J_t−J_0‖/‖J_0‖"),
+                       ("param_change", "‖θ_t−θ_0‖/‖θ_0‖")):
         if col in frame and np.isfinite(_positive(frame[col])).any():
             ax_k.plot(steps, _positive(frame[col]), marker="o", ms=3, label=label)
     ax_k.set(xscale="symlog", yscale="log", xlabel="step", ylabel="relative change (1)",
-             title="kernel drift")
+             title="drift")
     ax_k.legend(fontsize=8)
     s = record.summary
     fig.suptitle(f"width {s.get('width')}, depth {s.get('depth')}, lr {s.get('lr')}, "

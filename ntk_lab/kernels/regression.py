@@ -40,8 +40,14 @@ def gradient_flow(
     Returns:
         (f_τ(X) (N, O), f_τ(x*) (M, O)).
     """
-    n = theta_train.shape[0]
-    lam, vecs = _eigh(theta_train)
+    return _flow_in_eigenbasis(_eigh(theta_train), theta_test_train, f0_train, f0_test, y_train, tau)
+
+
+def _flow_in_eigenbasis(eig: tuple[Tensor, Tensor], theta_test_train: Tensor, f0_train: Tensor,
+                        f0_test: Tensor, y_train: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """:func:`gradient_flow` given Θ(X, X)'s eigendecomposition (λ, U)."""
+    lam, vecs = eig
+    n = lam.shape[0]
     r0 = vecs.T @ (f0_train - y_train)  # residual in the eigenbasis, (N, O)
     decay = torch.exp(-tau * lam / n)  # e^{-τλ/N}
     small = lam.abs() <= RELATIVE_EIGENVALUE_FLOOR * lam.abs().max()
@@ -80,15 +86,18 @@ class GradientFlowPredictor:
         self.y_train = y_train
         self.f0_train: Tensor | None = None
         self.f0_test: Tensor | None = None
+        self._eig: tuple[Tensor, Tensor] | None = None
 
     def set_initial(self, f0_train: Tensor, f0_test: Tensor) -> None:
         """The network's outputs at initialization (the infinite model starts where it does)."""
         self.f0_train, self.f0_test = f0_train.double(), f0_test.double()
 
     def at(self, tau: float) -> tuple[Tensor, Tensor]:
-        """(f_τ(X), f_τ(x*)) — see :func:`gradient_flow`."""
-        return gradient_flow(self.theta_train, self.theta_test_train, self.f0_train,
-                             self.f0_test, self.y_train, tau)
+        """(f_τ(X), f_τ(x*)) — see :func:`gradient_flow`. Θ(X, X) is diagonalized once."""
+        if self._eig is None:
+            self._eig = _eigh(self.theta_train)
+        return _flow_in_eigenbasis(self._eig, self.theta_test_train, self.f0_train, self.f0_test,
+                                   self.y_train, tau)
 
     def kernel_regression(self) -> Tensor:
         """Θ(x*, X) Θ(X, X)⁺ y: the infinite-time predictor from f_0 = 0."""

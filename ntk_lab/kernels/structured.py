@@ -61,7 +61,7 @@ def mlp_features(mlp: MLP, x: Tensor) -> list[LayerFeatures]:
         ]
 
 
-def _kernel_from_features(f1: list[LayerFeatures], f2: list[LayerFeatures], mode: str) -> Tensor:
+def kernel_from_features(f1: list[LayerFeatures], f2: list[LayerFeatures], mode: str) -> Tensor:
     """Σ_l (m_W² h1·h2 + m_b²) · (δ1 · δ2), reduced to ``mode``."""
     total = None
     for a, b in zip(f1, f2):
@@ -80,7 +80,7 @@ def _kernel_from_features(f1: list[LayerFeatures], f2: list[LayerFeatures], mode
     return total
 
 
-def _feature_bytes_per_sample(mlp: MLP, itemsize: int) -> int:
+def feature_bytes_per_sample(mlp: MLP, itemsize: int) -> int:
     out_dim = mlp.layers[-1].out_features
     return itemsize * sum(l.in_features + out_dim * l.out_features for l in mlp.layers)
 
@@ -99,18 +99,18 @@ def structured_ntk(
     """
     same = x2 is None
     x2 = x1 if same else x2
-    per_sample = _feature_bytes_per_sample(mlp, x1.element_size())
+    per_sample = feature_bytes_per_sample(mlp, x1.element_size())
     size = chunk_size(per_sample, budget_bytes // 2, max(len(x1), len(x2)))
     if size >= len(x1) and size >= len(x2):
         f1 = mlp_features(mlp, x1)
         f2 = f1 if same else mlp_features(mlp, x2)
-        return _kernel_from_features(f1, f2, mode) * scale**2
+        return kernel_from_features(f1, f2, mode) * scale**2
     out = empty_kernel(len(x1), len(x2), mlp.out_dim, mode, x1)
     for s1 in chunks(len(x1), size):
         f1 = mlp_features(mlp, x1[s1])
         for s2 in chunks(len(x2), size):
             f2 = f1 if (same and s1 == s2) else mlp_features(mlp, x2[s2])
-            out[s1, s2] = _kernel_from_features(f1, f2, mode)
+            out[s1, s2] = kernel_from_features(f1, f2, mode)
     return out * scale**2
 
 
@@ -122,18 +122,33 @@ def structured_jacobian_sq_distance(
     J = ∂f/∂θ (N·O × P). Per layer ‖m_W(δ_a⊗h_a − δ_b⊗h_b)‖² expands into Gram products,
     accumulated in float64 so that a small change is not lost to cancellation.
     """
-    per_sample = 2 * _feature_bytes_per_sample(mlp_a, x.element_size())
+    per_sample = 2 * feature_bytes_per_sample(mlp_a, x.element_size())
     size = chunk_size(per_sample, budget_bytes, len(x))
     dist, norm_b = 0.0, 0.0
     for s in chunks(len(x), size):
-        for fa, fb in zip(mlp_features(mlp_a, x[s]), mlp_features(mlp_b, x[s])):
-            ha, hb = fa.h.double(), fb.h.double()
-            da, db = fa.delta.double(), fb.delta.double()
-            m_w2, m_b2 = fa.weight_multiplier**2, fa.bias_multiplier**2
-            hh = {"aa": (ha * ha).sum(-1), "bb": (hb * hb).sum(-1), "ab": (ha * hb).sum(-1)}
-            dd = {"aa": (da * da).sum((-1, -2)), "bb": (db * db).sum((-1, -2)),
-                  "ab": (da * db).sum((-1, -2))}
-            inner = {k: ((m_w2 * hh[k] + m_b2) * dd[k]).sum().item() for k in hh}
-            dist += inner["aa"] + inner["bb"] - 2 * inner["ab"]
-            norm_b += inner["bb"]
+        d, n = jacobian_sq_distance_from_features(mlp_features(mlp_a, x[s]), mlp_features(mlp_b, x[s]))
+        dist, norm_b = dist + d, norm_b + n
     return max(dist, 0.0) * scale**2, norm_b * scale**2
+
+
+def jacobian_sq_distance_from_features(
+    feats_a: list[LayerFeatures], feats_b: list[LayerFeatures]
+) -> tuple[float, float]:
+    """(‖J_a − J_b‖²_F, ‖J_b‖²_F) on the samples the two feature lists were computed on.
+
+    Per sample and layer, ‖m_W(δ_a⊗h_a − δ_b⊗h_b)‖² + ‖m_b(δ_a − δ_b)‖² expands into
+    products of per-sample norms and inner products, in float64 so that a small change is not
+    lost to cancellation. The result may be slightly negative from round-off; callers clamp.
+    """
+    dist, norm_b = 0.0, 0.0
+    for fa, fb in zip(feats_a, feats_b):
+        ha, hb = fa.h.double(), fb.h.double()
+        da, db = fa.delta.double(), fb.delta.double()
+        m_w2, m_b2 = fa.weight_multiplier**2, fa.bias_multiplier**2
+        hh = {"aa": (ha * ha).sum(-1), "bb": (hb * hb).sum(-1), "ab": (ha * hb).sum(-1)}
+        dd = {"aa": (da * da).sum((-1, -2)), "bb": (db * db).sum((-1, -2)),
+              "ab": (da * db).sum((-1, -2))}
+        inner = {k: ((m_w2 * hh[k] + m_b2) * dd[k]).sum().item() for k in hh}
+        dist += inner["aa"] + inner["bb"] - 2 * inner["ab"]
+        norm_b += inner["bb"]
+    return dist, norm_b

@@ -1,0 +1,256 @@
+"""Will a run fit in memory? An estimate of its peak, made before anything large is allocated.
+
+The network is built on PyTorch's ``meta`` device (shapes, no storage), so counting its
+parameters and its activations costs nothing even at width 10⁸. The estimate adds up what a
+run holds at once (bytes; P parameters, B bytes per element of the run's precision, N probe
+points, K checkpoints):
+
+| part | what | knob |
+| --- | --- | --- |
+| parameters | P·B × (weights, gradients, θ_0 for ``param_change``, optimizer state, the frozen θ_0 copy when a metric needs one, the linearized model's θ_0 + Δθ + a jvp tangent, the centered model's frozen copy) + three temporaries of the largest tensor's size | width, depth |
+| training activations | batch × (activations per sample) × B × 2 (kept for backward, and their gradients) | train.batch_size / data.n_train |
+| evaluation forward | (n_train + n_test) × (widest layer) × B × 2 | data.n_test |
+| probe kernels | N² × (Θ_t and its Gram temporaries 5B, float64 copies of Θ_t, Θ_0, Θ_∞, NNGP_∞ and a difference 5·8, the stored Θ_t per ``ntk.store``) | data.n_probe (or ntk.store) |
+| NTK features | the structured features of the probe set (twice: θ_t and θ_0's), or Jacobian chunks capped by the budget | ntk.memory_budget_mb |
+| infinite-width prediction | (n_train + n_test) × n_train × 8 × 2 + n_train² × 8 × 3 | data.n_train |
+| runtime | the Python process with torch, Hydra and pandas loaded (CPU only) | — |
+
+It is compared with what is free: ``MemAvailable`` (and a cgroup limit, as under Slurm) on the
+CPU, ``torch.cuda.mem_get_info`` on a GPU. ``tests/test_preflight.py`` holds the estimate
+against measured peaks of small runs (within a factor of 1.5).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ntk_lab.storage import plan_storage
+
+RUNTIME_BYTES = 420 * 10**6
+"""Resident size of the run process before it allocates anything of its own: the interpreter
+with torch, numpy, pandas, matplotlib and Hydra imported (measured 380–450 MB on Linux,
+torch 2.13 CPU build)."""
+
+GB = 10**9
+
+
+@dataclass(frozen=True)
+class MemoryPart:
+    """One part of the estimate: its name, its size and the setting that controls it."""
+
+    name: str
+    bytes: int
+    knob: str
+
+
+@dataclass
+class MemoryEstimate:
+    """The parts of a run's peak memory, on one device."""
+
+    device: str
+    parts: list[MemoryPart] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(p.bytes for p in self.parts)
+
+    @property
+    def largest(self) -> MemoryPart:
+        return max(self.parts, key=lambda p: p.bytes)
+
+    def describe(self) -> str:
+        return ", ".join(f"{p.name} {_gb(p.bytes)}" for p in self.parts if p.bytes)
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What the estimate needs to know of a run, in plain numbers (see :func:`run_shape`).
+
+    Attributes:
+        n_params: P, trainable parameters; n_frozen: non-trainable parameters and buffers.
+        largest_tensor: elements of the largest parameter tensor.
+        activations_per_sample: elements of every leaf module's output for one sample.
+        widest_layer: the largest leaf output for one sample.
+        feature_bytes_per_sample: structured NTK features of one probe point (None: no
+            structured factorization; the general methods use the memory budget).
+        itemsize: B, bytes per element of the run's precision.
+        out_dim: O.
+        n_train, n_test, n_probe: data sizes; batch: the training batch.
+    """
+
+    n_params: int
+    n_frozen: int
+    largest_tensor: int
+    activations_per_sample: int
+    widest_layer: int
+    feature_bytes_per_sample: Optional[int]
+    itemsize: int
+    out_dim: int
+    n_train: int
+    n_test: int
+    n_probe: int
+    batch: int
+
+
+def run_shape(build: Callable[[torch.device], nn.Module], sample: torch.Tensor, *, itemsize: int,
+              n_train: int, n_test: int, n_probe: int, batch: Optional[int],
+              feature_bytes: Optional[Callable[[nn.Module], Optional[int]]] = None) -> RunShape:
+    """Measure a network's sizes on the ``meta`` device (no storage is allocated).
+
+    Args:
+        build: builds the network on the device it is given.
+        sample: one input (1, …) (its values are not used).
+        itemsize: bytes per element of the run's precision.
+        n_train, n_test, n_probe: data sizes; batch: mini-batch size (None: full batch).
+        feature_bytes: the structured features' bytes per probe point for this network, or
+            None when it has no structured factorization.
+    """
+    meta = torch.device("meta")
+    with torch.device(meta):
+        model = build(meta)
+    params = [p for p in model.parameters() if p.requires_grad]
+    frozen = [p for p in model.parameters() if not p.requires_grad] + list(model.buffers())
+    outputs: list[int] = []
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(_numel(out))) for m in leaves]
+    try:
+        with torch.no_grad():
+            out = model(sample.to(meta))
+    finally:
+        for h in hooks:
+            h.remove()
+    return RunShape(
+        n_params=sum(p.numel() for p in params), n_frozen=sum(t.numel() for t in frozen),
+        largest_tensor=max((p.numel() for p in params), default=0),
+        activations_per_sample=sum(outputs), widest_layer=max(outputs, default=0),
+        feature_bytes_per_sample=feature_bytes(model) if feature_bytes else None,
+        itemsize=itemsize, out_dim=int(out.shape[-1]), n_train=n_train, n_test=n_test,
+        n_probe=n_probe, batch=min(batch or n_train, n_train),
+    )
+
+
+def _numel(out) -> int:
+    return out.numel() if isinstance(out, torch.Tensor) else 0
+
+
+@dataclass(frozen=True)
+class Instrumentation:
+    """What the run measures besides training (plain flags from the validated config)."""
+
+    ntk_enabled: bool = True
+    jac_change: bool = True
+    n_checkpoints: int = 21
+    memory_budget_bytes: int = 1 << 30
+    store: str = "auto"
+    store_dtype: str = "auto"
+    store_max_mb: int = 256
+    linearized: bool = False
+    infinite_width: bool = True
+    kappa_hessian: bool = False
+    centered: bool = False
+    optimizer_states: int = 0  # tensors of size P the optimizer keeps (SGD 0, momentum 1, Adam 2)
+
+
+def estimate_memory(shape: RunShape, inst: Instrumentation, device: str = "cpu") -> MemoryEstimate:
+    """The peak memory of a run, part by part (see the module docstring)."""
+    s, b = shape, shape.itemsize
+    features_fit = (s.feature_bytes_per_sample is not None and
+                    s.feature_bytes_per_sample * s.n_probe <= inst.memory_budget_bytes // 2)
+    initial_copy = inst.kappa_hessian or (inst.ntk_enabled and inst.jac_change and not features_fit)
+    copies = (3 + inst.optimizer_states + int(initial_copy) + 3 * int(inst.linearized)
+              + int(inst.centered))
+    est = MemoryEstimate(device)
+    # + 3 tensors of the largest parameter's size alive at once: autograd's weight gradient
+    # and its scaled copy before they are added into .grad, or the structured features'
+    # W_eff = m_W·W, or param_change's θ_t − θ_0 (measured: tests/test_preflight.py)
+    est.parts.append(MemoryPart("parameters", (copies * s.n_params + s.n_frozen + 3 * s.largest_tensor) * b,
+                                "width (or depth)"))
+    est.parts.append(MemoryPart("training activations", 2 * s.batch * s.activations_per_sample * b,
+                                "train.batch_size or data.n_train"))
+    est.parts.append(MemoryPart("evaluation forward", 2 * (s.n_train + s.n_test) * s.widest_layer * b,
+                                "data.n_test"))
+    if inst.ntk_enabled:
+        plan = plan_storage(s.n_probe, inst.n_checkpoints, _dtype(b), store=inst.store,
+                            store_dtype=inst.store_dtype, max_mb=inst.store_max_mb)
+        matrix = s.n_probe * s.n_probe
+        est.parts.append(MemoryPart("probe kernels", matrix * (5 * b + 5 * 8) + plan.bytes,
+                                    "data.n_probe (or ntk.store)"))
+        if features_fit:
+            features = 2 * s.feature_bytes_per_sample * s.n_probe
+        elif s.feature_bytes_per_sample is not None:
+            features = inst.memory_budget_bytes // 2 + 2 * s.feature_bytes_per_sample
+        else:
+            features = inst.memory_budget_bytes
+        est.parts.append(MemoryPart("NTK features", features, "ntk.memory_budget_mb"))
+        if inst.infinite_width:
+            n_all = s.n_train + s.n_test
+            est.parts.append(MemoryPart("infinite-width prediction",
+                                        8 * (2 * n_all * s.n_train + 3 * s.n_train**2), "data.n_train"))
+    if device == "cpu":
+        est.parts.append(MemoryPart("runtime", RUNTIME_BYTES, "nothing"))
+    return est
+
+
+def _dtype(itemsize: int) -> torch.dtype:
+    return torch.float64 if itemsize == 8 else torch.float32
+
+
+def available_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes free, a description) for the device the run will use."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free), f"free on {device}"
+    available = _meminfo_available()
+    limit = _cgroup_headroom()
+    if limit is not None and limit < available:
+        return limit, "left under this job's memory limit (cgroup)"
+    return available, "of RAM available"
+
+
+def _meminfo_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: do not refuse
+
+
+def _cgroup_headroom() -> Optional[int]:
+    """memory.max − memory.current of this process's cgroup (v2), None without a limit."""
+    root = Path("/sys/fs/cgroup")
+    try:
+        limit = (root / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(0, int(limit) - int((root / "memory.current").read_text().strip()))
+    except (OSError, ValueError):
+        return None
+
+
+def refusal(estimate: MemoryEstimate, available: int, where: str) -> Optional[str]:
+    """The one-line refusal when the estimate exceeds what is available, else None."""
+    if estimate.total <= available:
+        return None
+    largest = estimate.largest
+    return (f"this run needs about {_gb(estimate.total)} of memory, more than the "
+            f"{_gb(available)} {where}; the largest part is {largest.name} "
+            f"({_gb(largest.bytes)}): lower {largest.knob}")
+
+
+def _gb(n: int) -> str:
+    gb = n / GB
+    if gb >= 100:
+        return f"{gb:,.0f} GB"
+    return f"{gb:.2f} GB" if gb < 10 else f"{gb:.1f} GB"
+
