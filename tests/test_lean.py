@@ -182,3 +182,16 @@ def test_jobs_spread_over_the_gpus_of_a_node():
         resolve_device("cuda:2", 0, gpu_count=2)
     with pytest.raises(ConfigError, match="CUDA is not available"):
         resolve_device("cuda", 0, gpu_count=0)
+
+
+def test_symmetric_assembly_equals_the_full_gram_products(monkeypatch):
+    """Θ(x, x) from its upper-triangular blocks, mirrored, is the full computation (blocks of
+    5 rows over 23 points: uneven last block, off-diagonal blocks both ways)."""
+    from ntk_lab.kernels import tracker
+    from ntk_lab.kernels.structured import kernel_from_features, mlp_features
+
+    monkeypatch.setattr(tracker, "SYMMETRIC_BLOCK", 5)
+    net = MLP(3, 16, 2, out_dim=2, activation="gelu", b_std=0.2, seed=0, dtype=torch.float64)
+    feats = mlp_features(net, torch.randn(23, 3, dtype=torch.float64))
+    torch.testing.assert_close(tracker.symmetric_kernel_from_features(feats),
+                               kernel_from_features(feats, feats, "trace"), atol=FLOAT64_ATOL, rtol=0)
