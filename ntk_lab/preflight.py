@@ -167,8 +167,8 @@ def estimate_memory(shape: RunShape, inst: Instrumentation, device: str = "cpu")
               + int(inst.centered))
     est = MemoryEstimate(device)
     # + 3 tensors of the largest parameter's size alive at once: autograd's weight gradient
-    # and its scaled copy before they are added into .grad, or the structured features'
-    # W_eff = m_W·W, or param_change's θ_t − θ_0 (measured: tests/test_preflight.py)
+    # and its scaled copy before they are added into .grad, param_change's θ_t − θ_0, the
+    # allocator's slack (calibrated against measured peaks: tests/test_preflight.py)
     est.parts.append(MemoryPart("parameters", (copies * s.n_params + s.n_frozen + 3 * s.largest_tensor) * b,
                                 "width (or depth)"))
     est.parts.append(MemoryPart("training activations", 2 * s.batch * s.activations_per_sample * b,

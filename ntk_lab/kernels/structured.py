@@ -51,8 +51,9 @@ def mlp_features(mlp: MLP, x: Tensor) -> list[LayerFeatures]:
         deltas = [delta]
         for i in range(len(mlp.layers) - 1, 0, -1):
             layer = mlp.layers[i]
-            w_eff = layer.weight * layer.weight_multiplier  # (out, in)
-            delta = (delta @ w_eff) * mlp.activation.derivative(preacts[i - 1]).unsqueeze(1)
+            # (δ W)·m_W rather than δ (m_W W): no weight-sized temporary at large width
+            slope = mlp.activation.derivative(preacts[i - 1]) * layer.weight_multiplier
+            delta = (delta @ layer.weight) * slope.unsqueeze(1)
             deltas.append(delta)
         deltas.reverse()
         return [
