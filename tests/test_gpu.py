@@ -63,3 +63,27 @@ def test_a_run_on_cuda_end_to_end(tmp_path):
 
     outcome = run_experiment(tiny_config(device="cuda"), tmp_path)
     assert outcome.status == "ok"
+
+
+def test_preflight_estimate_against_cuda_peak(tmp_path):
+    """On a GPU the estimate (no runtime part) against torch's own peak-allocation counter."""
+    from ntk_lab import build, preflight
+    from ntk_lab.config import data_settings
+    from ntk_lab.data import make_dataset
+    from tests.test_preflight import ESTIMATE_FACTOR
+    from tests.test_train import tiny_config
+
+    config = tiny_config(device="cuda", **{"model.width": 4096, "model.depth": 3,
+                                           "data.n_probe": 1024, "data.n_test": 1024})
+    data = make_dataset(config.data.name, **data_settings(config.data))
+    shape = preflight.run_shape(lambda dev: build.build_model(config, data, torch.float32, dev),
+                                data.x_train[:1].float(), itemsize=4, n_train=len(data.x_train),
+                                n_test=len(data.x_test), n_probe=len(data.x_probe), batch=None,
+                                feature_bytes=lambda net: build._structured_feature_bytes(net, torch.float32))
+    estimate = preflight.estimate_memory(shape, build.instrumentation(config), "cuda").total
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    assert build.run_experiment(config, tmp_path).status == "ok"
+    measured = torch.cuda.max_memory_allocated() - base
+    assert 1 / ESTIMATE_FACTOR <= estimate / measured <= ESTIMATE_FACTOR, (estimate, measured)
