@@ -73,20 +73,25 @@ def _arccos_parts(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor
     s sin θ = √(q11 q22 − q12²) after clamping q12 to [−s, s] (|ρ| ≤ 1, so rounding never
     gives a negative radicand), and π − θ = atan2(s sin θ, −q12) ∈ [0, π] (θ = arccos ρ).
     At zero variance every term is finite (atan2(0, ±0) is 0 or π); the mask marks it.
+
+    Written for speed on pair tensors (Θ_∞ of a conv net evaluates it on (N, N, P, P)): s is
+    the product of the square roots of the (small, broadcast) variance tensors, and the
+    pair-sized work is done in place — a dozen passes over the pairs, two transcendental.
     """
-    prod = (q11 * q22).clamp_min(0.0)
-    s = torch.sqrt(prod)
+    s = torch.sqrt(q11.clamp_min(0.0)) * torch.sqrt(q22.clamp_min(0.0))
+    s = s.expand(torch.broadcast_shapes(s.shape, q12.shape))
     q12c = torch.clamp(q12, min=-s, max=s)
-    ssin = torch.sqrt((prod - q12c * q12c).clamp_min(0.0))
-    pi_minus_theta = torch.atan2(ssin, -q12c)
-    return ssin, q12c, pi_minus_theta, prod <= 0.0
+    # s² − q12² as (s − q12)(s + q12): exactly 0 at ρ = ±1 (no fused-multiply-add residue)
+    ssin = torch.sub(s, q12c).mul_(s + q12c).clamp_min_(0.0).sqrt_()
+    pi_minus_theta = torch.atan2(ssin, torch.neg(q12c))
+    return ssin, q12c, pi_minus_theta, s <= 0.0
 
 
 def _relu_dual(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor]:
     ssin, q12c, pmt, degenerate = _arccos_parts(q11, q12, q22)
-    nngp = (ssin + pmt * q12c) * (0.5 / math.pi)
+    nngp = torch.addcmul(ssin, pmt, q12c).mul_(0.5 / math.pi)
     # u = 0 a.s.: E[relu(0) relu(v)] = 0 (the formula gives it) and relu'(0) = 0.
-    dot = torch.where(degenerate, 0.0, pmt * (0.5 / math.pi))
+    dot = pmt.mul_(0.5 / math.pi).masked_fill_(degenerate, 0.0)
     return nngp, dot
 
 

@@ -34,55 +34,56 @@ coefficients (N1 + N2) × 2 × (K + 1) per layer (2048 × 2048 at depth 5: < 200
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
-from scipy.special import roots_hermitenorm
-from torch import Tensor
+from torch import Tensor, nn
 
 from ntk_lab.activations import Activation, get_activation
+from ntk_lab.kernels.composed import composed_kernels
+from ntk_lab.layers.gaussian import (  # noqa: F401  (SERIES_* and _hermite_table: public via here too)
+    SERIES_MAX_DEGREE, SERIES_TOL, SERIES_WARN_TOL, _hermite_table, _series_coefficients,
+    _series_expectations,
+)
 
 PARAMETERIZATIONS = ("ntk", "standard", "mup")
 
-# Hermite-series controls (see _series_expectations).
-SERIES_TOL = 1e-10
-"""Target bound on the relative truncation error of each Gaussian expectation, per layer."""
-SERIES_WARN_TOL = 1e-6
-"""Warn when the largest affordable degree cannot get the bound below this. 1e-6 relative is
-far below what any metric resolves (ntk_err_inf ≈ 0.05 at width 4096), and the bound is
-pessimistic: for tanh at variance 8 it is 3e-7 while the error against adaptive 2-D quadrature
-is 2e-8. The bound passes 1e-6 near variance 10 for tanh, 28 for gelu, 35 for sigmoid."""
-SERIES_MAX_DEGREE = 320
-"""Largest expansion degree K. The coefficients use a 642-node Gauss–Hermite rule, the largest
-for which float64 weights stay representable where the Hermite functions h_k, k ≤ K, live
-(|z| ≲ √(4K + 2) ≈ 36); the rule is then exact for every h_j h_k, j, k ≤ K."""
-_SERIES_NODES = 2 * (SERIES_MAX_DEGREE + 1)
-_SERIES_STAGES = (64, 128, SERIES_MAX_DEGREE)
-
 _TILE_SIDE = 256  # tiles of 256 × 256 pairs: the Horner loop's operands stay in cache
-_POINT_CHUNK = 4096  # points per chunk when computing Hermite coefficients
 
 
 def infinite_width_kernels(
     x1: Tensor,
     x2: Optional[Tensor] = None,
     *,
-    activation: str | Activation,
-    depth: int,
+    model: Optional[nn.Module] = None,
+    activation: str | Activation | None = None,
+    depth: Optional[int] = None,
     w_std: float = 1.0,
     b_std: float = 0.0,
     parameterization: str = "ntk",
     width: Optional[int] = None,
     quadrature_degree: Optional[int] = None,
+    memory_budget_bytes: Optional[int] = None,
 ) -> Tuple[Tensor, Tensor]:
-    """Infinite-width NNGP and NTK of the MLP of DESIGN.md §2 between x1 and x2.
+    """Infinite-width NNGP and NTK of a network between x1 and x2.
+
+    Two forms:
+
+    * ``infinite_width_kernels(x1, x2, model=net)`` — a built-in :class:`~ntk_lab.models.MLP`,
+      :class:`~ntk_lab.models.CNN` or :class:`~ntk_lab.models.ResMLP`: its layers' kernel maps
+      composed (:mod:`ntk_lab.kernels.composed`), with the network's own activation,
+      parameterization, σ's, width, padding and readout. x1, x2 are what the network takes:
+      (N, d) vectors, or (N, C, H, W) images for a CNN.
+    * the keyword form for the MLP of DESIGN.md §2, below (``activation=`` and ``depth=``).
 
     Args:
+        model: a built-in network (then leave the MLP keywords out).
+        memory_budget_bytes: with ``model=``: cap on one tile's working memory (the
+            (N, N, P, P) covariance of a globally pooled CNN is computed in tiles of input
+            blocks); None: the default tile size only.
         x1: inputs, shape (N1, d).
         x2: inputs, shape (N2, d), or None for x1 (then only half the pairs are computed and
             the result is exactly symmetric).
@@ -128,6 +129,12 @@ def infinite_width_kernels(
         Jacot, Gabriel & Hongler 2018 (NTK); Lee et al. 2018 (NNGP recursion); Arora et al.
         2019 (exact NTK recursion); Cho & Saul 2009 (arc-cosine kernels); Williams 1997 (erf).
     """
+    if model is not None:
+        if activation is not None or depth is not None:
+            raise ValueError("pass either model=net or the MLP keywords (activation=, depth=, ...), not both")
+        return _model_kernels(model, x1, x2, memory_budget_bytes)
+    if activation is None or depth is None:
+        raise ValueError("infinite_width_kernels needs model=net, or activation= and depth= (the MLP)")
     act = get_activation(activation)
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"unknown parameterization {parameterization!r}; "
@@ -186,6 +193,31 @@ def infinite_width_kernels(
             nngp[cols[:, None], rows[None, :]] = sigma.T
             ntk[cols[:, None], rows[None, :]] = theta.T
     return nngp, ntk
+
+
+# --------------------------------------------------------------------------- model= form
+def _model_kernels(model: nn.Module, x1: Tensor, x2: Optional[Tensor],
+                   memory_budget_bytes: Optional[int]) -> Tuple[Tensor, Tensor]:
+    """Θ_∞ of a built-in network by its composed kernel maps, after checking the inputs fit it."""
+    from ntk_lab.models import kernel_layers  # models build on layers; no import cycle at load
+
+    layers = kernel_layers(model)
+    for name, x in (("x1", x1), ("x2", x2)):
+        if x is None:
+            continue
+        if not isinstance(x, Tensor) or x.ndim < 2:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be a batch of inputs (N, ...), got {shape}")
+        try:
+            param = next(model.parameters())
+            with torch.no_grad():
+                model(x[:1].detach().to(dtype=param.dtype, device=param.device))
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"{name} of shape {tuple(x.shape)} does not fit {type(model).__name__}: "
+                             f"{str(err).splitlines()[0]}") from None
+    if x2 is not None and x2.shape[1:] != x1.shape[1:]:
+        raise ValueError(f"x1 and x2 need the same input shape, got {tuple(x1.shape[1:])} and {tuple(x2.shape[1:])}")
+    return composed_kernels(layers, x1, x2, memory_budget_bytes=memory_budget_bytes)
 
 
 # --------------------------------------------------------------------------- layer plans
@@ -261,103 +293,6 @@ def _plan_layers(act: Activation, q1: Tensor, q2: Optional[Tensor], depth: int, 
             f"pre-activation variances (e.g. tanh beyond about 10, gelu beyond about 28).",
             RuntimeWarning, stacklevel=3)
     return layers
-
-
-# --------------------------------------------------------------------------- Hermite series
-@lru_cache(maxsize=8)
-def _hermite_table(device: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """Nodes z_m, √w_m and P[k, m] = √w_m · h_k(z_m) for k ≤ SERIES_MAX_DEGREE.
-
-    (z_m, w_m) is the ``_SERIES_NODES``-point Gauss–Hermite rule for the standard normal
-    (probabilists' weight, scipy's ``roots_hermitenorm``, weights divided by √(2π)), and
-    h_k = He_k/√k! the orthonormal Hermite polynomials, built by the recurrence
-    h_{k+1} = (z h_k − √k h_{k−1}) / √(k+1) on the √w-scaled values (no overflow). Nodes whose
-    weight underflows to 0 are dropped; they carry no mass for k ≤ K. The rows of P are then
-    orthonormal to ~1e-13 (tests check it), so for any f the coefficients c_k = Σ_m P[k,m] √w_m
-    f(z_m) obey Bessel's inequality against Σ_m w_m f(z_m)² exactly.
-    """
-    z_np, w_np = roots_hermitenorm(_SERIES_NODES)
-    w_np = w_np / math.sqrt(2.0 * math.pi)
-    keep = w_np > 0.0
-    z = torch.tensor(z_np[keep], dtype=torch.float64)
-    sw = torch.tensor(np.sqrt(w_np[keep]), dtype=torch.float64)
-    table = torch.empty(SERIES_MAX_DEGREE + 1, z.shape[0], dtype=torch.float64)
-    table[0] = sw
-    table[1] = z * sw
-    for k in range(1, SERIES_MAX_DEGREE):
-        table[k + 1] = (z * table[k] - math.sqrt(k) * table[k - 1]) / math.sqrt(k + 1)
-    return z.to(device), sw.to(device), table.to(device)
-
-
-def _series_coefficients(act: Activation, q: Tensor,
-                         degree: Optional[int]) -> Tuple[Tensor, Tensor, Tensor, float]:
-    """Hermite coefficients of φ(√q Z) and φ'(√q Z), Z ~ N(0, 1), for each variance in q.
-
-    Returns:
-        coef (N, 2, K+1) with coef[i, 0, k] = E[φ(√q_i Z) h_k(Z)] and coef[i, 1, k] the same
-        for φ'; degrees (N,), the degree each point needs; moments (N, 2) =
-        (E[φ(√q_i Z)²], E[φ'(√q_i Z)²]); and the largest relative tail bound left.
-        With ``degree`` given, every point uses it (and the bound returned is 0). Otherwise a
-        point's degree is the smallest k with Σ_{j>k} coef_j² ≤ SERIES_TOL · moment for both
-        functions (Parseval: the tail mass), searched in stages up to SERIES_MAX_DEGREE.
-    """
-    z, sw, table = _hermite_table(str(q.device))
-    root_q = torch.sqrt(q.clamp_min(0.0))
-    if q.shape[0] == 0:
-        k = int(degree) if degree is not None else 0
-        return q.new_zeros(0, 2, k + 1), torch.zeros(0, dtype=torch.long, device=q.device), q.new_zeros(0, 2), 0.0
-    weighted, moments = [], []
-    for start in range(0, q.shape[0], _POINT_CHUNK):
-        u = root_q[start:start + _POINT_CHUNK, None] * z  # (n, M)
-        f = torch.stack([act.fn(u), act.derivative(u)], dim=1).to(torch.float64) * sw  # (n, 2, M)
-        weighted.append(f)
-        moments.append((f * f).sum(dim=-1))
-    moments = torch.cat(moments)
-
-    def coefficients(k_max: int) -> Tensor:
-        return torch.cat([f @ table[: k_max + 1].T for f in weighted])
-
-    if degree is not None:
-        coef = coefficients(int(degree))
-        return coef, torch.full_like(q, int(degree), dtype=torch.long), moments, 0.0
-    for k_max in _SERIES_STAGES:
-        coef = coefficients(k_max)
-        tail = moments[..., None] - torch.cumsum(coef * coef, dim=-1)  # (N, 2, k_max+1)
-        ok = (tail <= SERIES_TOL * moments[..., None]).all(dim=1)  # (N, k_max+1), monotone in k
-        if bool(ok[:, -1].all()):
-            break
-    degrees = torch.where(ok.any(dim=1), ok.to(torch.int8).argmax(dim=1),
-                          torch.full_like(ok[:, 0], k_max, dtype=torch.long))
-    k = int(degrees.max())
-    bound = (tail[..., -1] / moments.clamp_min(1e-300)).max().item() if not bool(ok[:, -1].all()) else 0.0
-    return coef[..., : k + 1].contiguous(), degrees, moments, max(bound, 0.0)
-
-
-def _series_expectations(coef1: Tensor, coef2: Tensor, q1: Tensor, q2: Tensor,
-                         q12: Tensor) -> Tuple[Tensor, Tensor]:
-    """(E[φ(u)φ(v)], E[φ'(u)φ'(v)]) for all pairs of a tile by Mehler's formula.
-
-    With u = √q1 Z1, v = √q2 Z2, corr(Z1, Z2) = ρ = q12/√(q1 q2) (clamped to [−1, 1]; 0 when
-    q1 q2 = 0, where u or v is a.s. 0 and only k = 0 contributes), E[h_j(Z1) h_k(Z2)] = δ_jk ρ^k
-    gives
-
-        E[φ(u) φ(v)] = Σ_k a_k(q1) a_k(q2) ρ^k,     a_k(q) = E[φ(√q Z) h_k(Z)],
-
-    and the same for φ'. Truncating at K errs by at most √(T1 T2) (Cauchy–Schwarz, |ρ| ≤ 1),
-    T = Σ_{k>K} a_k² the tail mass, which _series_coefficients bounds. Horner in ρ.
-
-    Shapes: coef1 (R, 2, K+1), coef2 (C, 2, K+1), q1 (R,), q2 (C,), q12 (R, C) -> 2 × (R, C).
-    """
-    prod = q1[:, None] * q2[None, :]
-    positive = prod > 0.0
-    rho = torch.where(positive, q12 / torch.sqrt(torch.where(positive, prod, torch.ones_like(prod))),
-                      torch.zeros_like(q12)).clamp_(-1.0, 1.0)
-    a = coef1.permute(2, 1, 0).contiguous()  # (K+1, 2, R)
-    b = coef2.permute(2, 1, 0).contiguous()  # (K+1, 2, C)
-    acc = a[-1][:, :, None] * b[-1][:, None, :]  # (2, R, C), both functions at once
-    for k in range(a.shape[0] - 2, -1, -1):  # acc ← acc·ρ + a_k ⊗ b_k, in place (in cache)
-        acc.mul_(rho).addcmul_(a[k][:, :, None], b[k][:, None, :])
-    return acc[0], acc[1]
 
 
 # --------------------------------------------------------------------------- helpers

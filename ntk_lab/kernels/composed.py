@@ -1,0 +1,92 @@
+"""Θ_∞ and NNGP_∞ of a network by composing its layers' kernel maps (DESIGN.md §7).
+
+    state⁰ = KernelState.from_inputs(x1, x2)        Σ⁰ = x1·x2 / C per position pair, Θ⁰ = 0
+    state  = layer.kernel_map(state)                 for every layer in forward order
+    (NNGP, NTK) = (state.nngp, state.ntk)            a vector state (N1, N2) at the output
+
+Each layer type owns its map (:mod:`ntk_lab.layers`), so a new layer touches one file. The
+pair state is computed in tiles of input blocks (rows of x1 × columns of x2, only the upper
+triangle when x2 is x1): a network that pools globally needs every position pair, a
+(b1, b2, P, P) tensor per tile, and tiles keep it — and each layer's temporaries — inside
+a budget and mostly in cache. A network without global pooling carries the same-position
+terms only, (b1, b2, P).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ntk_lab.layers.state import KernelState
+
+DEFAULT_TILE_BYTES = 8 << 20
+"""Bytes of one float64 pair tensor per tile. 8 MiB keeps a tile's dozen live temporaries
+(the arc-cosine dual's) around 100 MiB and its working set close to the last-level cache;
+measured on a 2-core EPYC (scripts/bench_arch.py), larger tiles were no faster."""
+_LIVE_TEMPORARIES = 16
+"""Pair-sized tensors alive at once inside a layer map (NNGP, NTK, their stencil copies and
+the dual's intermediates), for the memory budget."""
+
+
+def composed_kernels(
+    layers: Sequence[nn.Module],
+    x1: Tensor,
+    x2: Optional[Tensor] = None,
+    *,
+    memory_budget_bytes: Optional[int] = None,
+    tile_bytes: int = DEFAULT_TILE_BYTES,
+) -> Tuple[Tensor, Tensor]:
+    """(NNGP, NTK) of the network whose kernel layers are ``layers``, float64 (N1, N2).
+
+    Args:
+        layers: modules with ``kernel_map(KernelState) -> KernelState``, forward order.
+        x1: (N1, d) vectors or (N1, C, *S) feature maps; x2 likewise, or None for x1 (then
+            only the upper triangle of tiles is computed and the result is exactly symmetric).
+        memory_budget_bytes: cap on the working memory of one tile (None: no cap beyond
+            ``tile_bytes``).
+        tile_bytes: target bytes of one pair tensor of a tile.
+
+    Returns:
+        (nngp, ntk): float64 (N1, N2) on x1's device.
+    """
+    symmetric = x2 is None
+    x1 = x1.detach().to(torch.float64)
+    x2 = x1 if symmetric else x2.detach().to(device=x1.device, dtype=torch.float64)
+    full = any(getattr(layer, "mixes_positions", False) for layer in _flat(layers))
+    positions = math.prod(x1.shape[2:]) if x1.ndim > 2 else 1
+    pair_bytes = 8 * (positions * positions if full else positions)
+    budget = tile_bytes if memory_budget_bytes is None else min(
+        tile_bytes, memory_budget_bytes // _LIVE_TEMPORARIES)
+    side = max(1, int(math.isqrt(max(budget // pair_bytes, 1))))
+    n1, n2 = len(x1), len(x2)
+    nngp = torch.empty(n1, n2, dtype=torch.float64, device=x1.device)
+    ntk = torch.empty_like(nngp)
+    for rows, cols, on_diagonal in _tiles(n1, n2, symmetric, side):
+        state = KernelState.from_inputs(x1[rows], x2[cols], full)
+        for layer in layers:
+            state = layer.kernel_map(state)
+        if not state.is_vector:
+            raise ValueError("the network's last layer does not return vectors (add a readout)")
+        s, t = state.nngp, state.ntk
+        if on_diagonal:  # exact symmetry
+            s, t = 0.5 * (s + s.T), 0.5 * (t + t.T)
+        nngp[rows, cols], ntk[rows, cols] = s, t
+        if symmetric and not on_diagonal:
+            nngp[cols, rows], ntk[cols, rows] = s.T, t.T
+    return nngp, ntk
+
+
+def _flat(layers: Sequence[nn.Module]) -> Iterator[nn.Module]:
+    for layer in layers:
+        yield from layer.modules()
+
+
+def _tiles(n1: int, n2: int, symmetric: bool, side: int) -> Iterator[Tuple[slice, slice, bool]]:
+    """(rows, cols, on_diagonal) tiles of at most side × side inputs; for a symmetric kernel
+    only those on or above the diagonal (the caller mirrors the rest)."""
+    for r in range(0, n1, side):
+        for c in range(r if symmetric else 0, n2, side):
+            yield slice(r, min(r + side, n1)), slice(c, min(c + side, n2)), symmetric and r == c

@@ -1,0 +1,95 @@
+"""The kernel state a layer's infinite-width map takes and returns (DESIGN.md §7).
+
+Between two blocks of inputs x1 (n1 of them) and x2 (n2), a representation with spatial shape
+S — () for vectors, (L,) or (H, W) for feature maps — has, per unit (channel),
+
+    nngp[a, b, p, p'] = Σ(x1_a at p, x2_b at p')    the NNGP covariance,
+    ntk[a, b, p, p']  = Θ(x1_a at p, x2_b at p')    the NTK,
+    var1[a, p] = Σ(x1_a at p, x1_a at p),  var2[b, p'] likewise for x2,
+
+the variances being what a nonlinearity needs besides the covariance. Two layouts for images
+(Novak et al. 2019, "Bayesian deep CNNs ... infinitely many channels", §3):
+
+* ``full``: pair dims (n1, n2, *S, *S), every pair of positions — needed when a later layer
+  mixes positions (global average pooling);
+* not ``full``: pair dims (n1, n2, *S), the same-position terms only — enough for a network
+  whose readout flattens, since a convolution maps same-position terms to same-position terms.
+
+For vectors both layouts are (n1, n2). Everything is float64. Tiling over blocks of inputs
+(``ntk_lab.kernels.analytic``) keeps the (P, P) layout inside a memory budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class KernelState:
+    """NNGP, NTK and the two inputs' variances of one representation (see the module docstring).
+
+    Attributes:
+        nngp, ntk: (n1, n2, *S, *S) when ``full``, else (n1, n2, *S).
+        var1: (n1, *S); var2: (n2, *S). None once a layer has mixed positions (a pair tile
+            does not hold an input's own (P, P) covariance); a nonlinearity then refuses.
+        spatial: S, the spatial shape; () for vectors.
+        full: whether all position pairs are held.
+    """
+
+    nngp: Tensor
+    ntk: Tensor
+    var1: Optional[Tensor]
+    var2: Optional[Tensor]
+    spatial: Tuple[int, ...] = ()
+    full: bool = False
+
+    def replace(self, **changes) -> "KernelState":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_vector(self) -> bool:
+        return self.spatial == ()
+
+    def pair_dims(self) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+        """Tensor dims of x1's and x2's spatial positions in ``nngp`` (equal unless full)."""
+        s = len(self.spatial)
+        first = tuple(range(2, 2 + s))
+        return first, (tuple(range(2 + s, 2 + 2 * s)) if self.full else first)
+
+    def broadcast_vars(self) -> Tuple[Tensor, Tensor]:
+        """var1, var2 shaped to broadcast against ``nngp``: (n1, 1, *S[, 1…]), (1, n2, [1…,] *S)."""
+        if self.var1 is None or self.var2 is None:
+            raise ValueError("a nonlinearity after a layer that mixes positions (global average "
+                             "pooling) is not supported: the inputs' variances are not known there")
+        s = len(self.spatial)
+        v1 = self.var1.reshape(self.var1.shape[0], 1, *self.spatial, *((1,) * s if self.full else ()))
+        v2 = self.var2.reshape(1, self.var2.shape[0], *((1,) * s if self.full else ()), *self.spatial)
+        return v1, v2
+
+    @staticmethod
+    def from_inputs(x1: Tensor, x2: Tensor, full: bool) -> "KernelState":
+        """The state of the data: Σ⁰ = mean over channels of x1·x2 (per position), Θ⁰ = 0.
+
+        Args:
+            x1: (n1, d) vectors or (n1, C, *S) feature maps, float64.
+            x2: (n2, …) with the same trailing shape.
+            full: keep every position pair (images only).
+        """
+        if x1.ndim == 2:
+            nngp = x1 @ x2.T / x1.shape[1]
+            return KernelState(nngp, torch.zeros_like(nngp), (x1 * x1).mean(1), (x2 * x2).mean(1))
+        channels, spatial = x1.shape[1], tuple(x1.shape[2:])
+        a = x1.reshape(x1.shape[0], channels, -1)
+        b = x2.reshape(x2.shape[0], channels, -1)
+        if full:
+            nngp = torch.einsum("icp,jcq->ijpq", a, b).reshape(len(a), len(b), *spatial, *spatial)
+        else:
+            nngp = torch.einsum("icp,jcp->ijp", a, b).reshape(len(a), len(b), *spatial)
+        var1 = (a * a).sum(1).reshape(len(a), *spatial) / channels
+        var2 = (b * b).sum(1).reshape(len(b), *spatial) / channels
+        return KernelState(nngp / channels, torch.zeros_like(nngp), var1, var2, spatial, full)
