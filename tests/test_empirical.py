@@ -109,17 +109,30 @@ class SmallConvNet(nn.Module):
         return self.head(h)
 
 
-def test_non_mlp_module_through_auto_jacrev_and_ntvp():
+def test_non_mlp_module_through_every_method():
+    """torch.nn.Conv2d and Linear have structured factors since issue 10 (tests/test_arch_*)."""
     torch.manual_seed(0)
     model = SmallConvNet().double()
     x1, x2 = torch.randn(3, 1, 6, 6, dtype=torch.float64), torch.randn(2, 1, 6, 6, dtype=torch.float64)
     reference = explicit_ntk(model, x1, x2)
-    for method in ("auto", "jacrev", "ntvp"):
+    for method in ("auto", "jacrev", "ntvp", "structured"):
         for mode in ("trace", "diagonal", "full"):
             assert rel_err(empirical_ntk(model, x1, x2, method=method, mode=mode),
                            reduce(reference, mode)) < REL_TOL
+
+
+def test_structured_refuses_a_module_without_layers_it_can_factor():
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Bilinear(4, 4, 2)
+
+        def forward(self, x):
+            return self.inner(x, x)
+
+    x = torch.randn(3, 4)
     with pytest.raises(ValueError, match="structured"):
-        empirical_ntk(model, x1, method="structured")
+        empirical_ntk(Wrapped(), x, method="structured")
 
 
 def test_scaled_output_kernel_is_alpha_squared_times_the_network_kernel():

@@ -22,10 +22,11 @@ from torch import Tensor, nn
 
 from ntk_lab.layers.state import KernelState
 
-DEFAULT_TILE_BYTES = 8 << 20
-"""Bytes of one float64 pair tensor per tile. 8 MiB keeps a tile's dozen live temporaries
-(the arc-cosine dual's) around 100 MiB and its working set close to the last-level cache;
-measured on a 2-core EPYC (scripts/bench_arch.py), larger tiles were no faster."""
+DEFAULT_TILE_BYTES = 4 << 20
+"""Bytes of one float64 pair tensor per tile. 4 MiB keeps a tile's dozen live temporaries
+(the arc-cosine dual's) around 64 MiB, close to the last-level cache;
+measured on a 2-core EPYC (32 MiB L3), 1–8 MiB tiles ran within 20% of each other and
+32 MiB tiles twice as slow."""
 _LIVE_TEMPORARIES = 16
 """Pair-sized tensors alive at once inside a layer map (NNGP, NTK, their stencil copies and
 the dual's intermediates), for the memory budget."""

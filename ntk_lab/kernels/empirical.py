@@ -7,8 +7,13 @@ Methods (DESIGN.md §6):
                     einsum — the torch.func tutorial recipe, any module; the reference.
     ``ntvp``        NTK-vector products: ``vjp`` gives Jᵀe for each output basis vector e of
                     f(x2), ``jvp`` pushes it through f(x1) — any module, no O²·P contraction.
-    ``structured``  the per-layer factorization of :mod:`ntk_lab.kernels.structured`; MLP only.
-    ``auto``        ``structured`` for an MLP, otherwise the cheaper of the two general methods.
+    ``structured``  the per-layer factorization of :mod:`ntk_lab.kernels.structured` for the
+                    layers it knows (Dense, Conv, torch.nn.Linear / Conv1d / Conv2d), per-sample
+                    Jacobians for the parameters of any other layer.
+    ``auto``        the cheapest of the three by an operation count.
+
+``empirical_ntk_layers`` returns the per-layer kernels (one slice per parameterized layer,
+summing to the trace-mode NTK).
 Modes: ``trace`` (N1, N2) — the MEAN over outputs of the diagonal blocks, neural-tangents'
 ``trace_axes=(-1,)`` convention; ``diagonal`` (N1, N2, O); ``full`` (N1, N2, O, O).
 """
@@ -25,10 +30,15 @@ from ntk_lab.kernels._common import (
     DEFAULT_MEMORY_BUDGET_BYTES, check_mode, chunk_size, chunks, empty_kernel,
     full_fp32_precision, functional_forward, output_dim, reduce_full, split_parameters,
 )
-from ntk_lab.kernels.structured import structured_jacobian_sq_distance, structured_ntk
-from ntk_lab.models import unwrap_mlp
+from ntk_lab.kernels.structured import (
+    forward_cost, structured_cost, structured_jacobian_sq_distance, structured_layers,
+    structured_ntk_layers,
+)
 
 METHODS = ("auto", "jacrev", "ntvp", "structured")
+
+__all__ = ["METHODS", "empirical_ntk", "empirical_ntk_layers", "jacobian_change", "per_sample_jacobians",
+           "resolve_method"]
 
 
 def empirical_ntk(
@@ -57,37 +67,78 @@ def empirical_ntk(
     method = resolve_method(model, x1, x2, method)
     with full_fp32_precision():
         if method == "structured":
-            mlp, alpha = unwrap_mlp(model)
-            return structured_ntk(mlp, x1, x2, mode, memory_budget_bytes, scale=alpha)
+            return structured_ntk_layers(model, x1, x2, mode, memory_budget_bytes,
+                                         per_sample_jacobians, _contract).sum(0)
         if method == "jacrev":
             return _jacrev_ntk(model, x1, x2, mode, memory_budget_bytes)
         return _ntvp_ntk(model, x1, x2, mode, memory_budget_bytes)
 
 
+def empirical_ntk_layers(
+    model: nn.Module,
+    x1: Tensor,
+    x2: Tensor | None = None,
+    *,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+) -> Tensor:
+    """Per-layer empirical NTK: Θ_l(x, x') = Σ_{p ∈ layer l} ∂f(x)/∂p · ∂f(x')/∂p (trace mode).
+
+    One slice per parameterized layer of :func:`ntk_lab.models.parameter_layers` (its weight
+    and bias together), in that order; the slices sum to ``empirical_ntk(model, x1, x2,
+    mode="trace")``. Structured factors for the layers the factorization knows, per-sample
+    Jacobians for the others.
+
+    Args:
+        model: any module mapping (N, …) to (N, O) without mixing samples.
+        x1: (N1, …); x2: (N2, …) or None for x1.
+        memory_budget_bytes: cap on the intermediates held at once.
+
+    Returns:
+        (L, N1, N2) in the model's dtype, no autograd graph.
+
+    Raises:
+        ValueError: the model has no trainable parameters.
+    """
+    if not structured_layers(model):
+        raise ValueError(f"{type(model).__name__} has no trainable parameters: no per-layer NTK")
+    with full_fp32_precision():
+        return structured_ntk_layers(model, x1, x2, "trace", memory_budget_bytes,
+                                     per_sample_jacobians, _contract)
+
+
 def resolve_method(model: nn.Module, x1: Tensor, x2: Tensor | None, method: str) -> str:
     """The concrete method ``auto`` stands for, after checking the name.
 
-    ``auto``: ``structured`` for an MLP (or a ScaledOutput around one); otherwise compare
-    rough operation counts — jacrev: N·O backward rows plus the N1·N2·O²·P contraction;
-    ntvp: N2·O vjps plus N2·O jvps over N1 samples (≈ 3·N1·N2·O·P) — and take the cheaper.
+    ``auto`` compares rough multiply-add counts (trace mode) and takes the cheapest. With F
+    the forward cost per sample (:func:`ntk_lab.kernels.structured.forward_cost`: Σ P·C·F over
+    the layers, which for an MLP is its parameter count P_θ but for a conv net far more):
+    jacrev — 3·N·O·F for the per-sample Jacobians plus N1·N2·O·P_θ for the contraction;
+    ntvp — 3·N2·O·F for the vjps plus 3·N1·N2·O·F for the jvps; structured — one forward and
+    O backward passes plus, per known layer, the cheaper of its Gram and explicit forms
+    (:func:`ntk_lab.kernels.structured.structured_cost`). A module without any layer the
+    factorization knows never gets ``structured``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown NTK method {method!r}; known: {', '.join(METHODS)}")
-    mlp, _ = unwrap_mlp(model)
-    if method == "structured" and mlp is None:
-        raise ValueError(f"ntk method 'structured' needs ntk_lab.models.MLP (or ScaledOutput "
-                         f"around one), got {type(model).__name__}; use 'jacrev', 'ntvp' or 'auto'")
+    known = any(layer.module is not None for layer in structured_layers(model))
+    if method == "structured" and not known:
+        raise ValueError(f"ntk method 'structured' needs a layer it can factor (ntk_lab Dense / Conv, "
+                         f"torch.nn.Linear / Conv1d / Conv2d); {type(model).__name__} has none; "
+                         f"use 'jacrev', 'ntvp' or 'auto'")
     if method != "auto":
         return method
-    if mlp is not None:
-        return "structured"
     n1 = len(x1)
     n2 = n1 if x2 is None else len(x2)
     out = output_dim(model, x1)
     n_params = sum(p.numel() for p in split_parameters(model)[0].values())
-    cost_jacrev = (n1 + n2) * out * n_params * 3 + n1 * n2 * out * out * n_params
-    cost_ntvp = n2 * out * n_params * 3 + 3 * n1 * n2 * out * n_params
-    return "jacrev" if cost_jacrev <= cost_ntvp else "ntvp"
+    fwd = forward_cost(model, x1) if known else n_params
+    costs = {
+        "jacrev": 3 * (n1 + n2) * out * fwd + n1 * n2 * out * n_params,
+        "ntvp": 3 * n2 * out * fwd + 3 * n1 * n2 * out * fwd,
+    }
+    if known:
+        costs["structured"] = structured_cost(model, x1, n1, n2, out)
+    return min(costs, key=costs.get)
 
 
 # --------------------------------------------------------------------------- jacrev
@@ -174,9 +225,13 @@ def jacobian_change(
 ) -> float:
     """‖J_t − J_0‖_F / ‖J_0‖_F with J = ∂f/∂θ on x (N, …) — DESIGN.md's ``jac_change``.
 
-    Structured for MLPs (Gram expansion in float64); otherwise per-sample Jacobians of both
-    models in chunks, differenced directly.
+    ``structured`` (what ``auto`` picks when the model has layers it can factor): per-sample
+    Gram expansion in float64; otherwise per-sample Jacobians of both models in chunks,
+    differenced directly.
     """
+    if method == "auto":  # the per-sample Gram expansion is the cheapest whenever it applies
+        known = any(layer.module is not None for layer in structured_layers(model_t))
+        method = "structured" if known else "jacrev"
     method = resolve_method(model_t, x, None, method)
     with full_fp32_precision():
         return _jacobian_change(model_t, model_0, x, method, memory_budget_bytes)
@@ -184,10 +239,9 @@ def jacobian_change(
 
 def _jacobian_change(model_t: nn.Module, model_0: nn.Module, x: Tensor, method: str,
                      memory_budget_bytes: int) -> float:
-    mlp_t, alpha = unwrap_mlp(model_t)
-    mlp_0, _ = unwrap_mlp(model_0)
     if method == "structured":
-        dist2, norm2 = structured_jacobian_sq_distance(mlp_t, mlp_0, x, memory_budget_bytes, alpha)
+        dist2, norm2 = structured_jacobian_sq_distance(model_t, model_0, x, memory_budget_bytes,
+                                                       per_sample_jacobians)
         return (dist2 / norm2) ** 0.5 if norm2 > 0 else float("nan")
     out = output_dim(model_0, x)
     n_params = sum(p.numel() for p in split_parameters(model_t)[0].values())

@@ -1,155 +1,411 @@
-"""Structured empirical NTK of the MLP: the per-layer factorization of a dense layer's Jacobian.
+"""Structured empirical NTK: the per-layer factorization of affine layers' Jacobians.
 
-For a dense layer z = m_W·W h + m_b·b and δ_o = ∂f_o/∂z, the gradient w.r.t. W is
-m_W·δ_o hᵀ, so the layer adds
+For an affine layer z = m_W·(W ⋆ h) + m_b·b (dense or convolution) with output sensitivities
+δ_o(p) = ∂f_o/∂z(p), the per-sample gradient is m_W·Σ_p δ_o(p) ⊗ u(p) (u(p): the input, or
+the input patch a convolution reads at output position p), and the layer adds
 
-    m_W²·(h(x)·h(x'))·(δ_o(x)·δ_p(x')) + m_b²·(δ_o(x)·δ_p(x'))
+    Σ_{p,q} (m_W²·u(x,p)·u(x',q) + m_b²) · (δ_o(x,p)·δ_o'(x',q))                  (Gram form)
 
-to Θ_op(x, x') (Novak, Sohl-Dickstein & Schoenholz 2022, "Fast Finite Width Neural Tangent
-Kernel", structured derivatives). The cost is one forward pass, O backward passes done as one
-batched product per layer, and N1·N2·O²·Σ widths for the Gram matrices — no N·O×P Jacobian.
+to Θ_oo'(x, x') (Novak, Sohl-Dickstein & Schoenholz 2022, "Fast Finite Width Neural Tangent
+Kernel", structured derivatives). Two ways to evaluate it, chosen per layer by operation count:
+
+* Gram form: N1·N2·P²·(F + O·C) multiply-adds — the only sensible one for dense layers
+  (P = 1), where it is the MLP's classic factorization;
+* explicit per-sample gradients J(x) = m_W Σ_p δ(x,p) u(x,p)ᵀ, then J1·J2ᵀ:
+  N·O·P·C·F + N1·N2·O·C·F — far cheaper for wide convolutions (P² ≫ N·O·C·F/(F + O·C)).
+  J is formed in blocks of output channels so it never exceeds the memory budget.
+
+The factors come from one forward pass with hooks on the layers that
+:func:`ntk_lab.layers.has_factors` knows (ntk_lab's Dense and Conv, torch.nn.Linear, Conv1d,
+Conv2d) and one backward pass per output (batched with ``is_grads_batched``). A layer called
+several times (weight sharing) contributes the positions of all its calls. Parameters of
+layers the factorization does not know (norm layers, embeddings, …) get per-sample Jacobians
+from ``torch.func`` (the ``jacrev`` method restricted to them): structured for the layers it
+knows, a general method for the rest.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ntk_lab.kernels._common import chunk_size, chunks, empty_kernel
-from ntk_lab.models import MLP
+from ntk_lab.layers.factors import AffineFactors, affine_factors, has_factors
+from ntk_lab.models.inspect import parameter_layers
 
 
 @dataclass
-class LayerFeatures:
-    """What one layer contributes: its input h (N, fan_in) and δ = ∂f/∂z (N, O, fan_out)."""
+class StructuredLayer:
+    """A parameterized layer of a model, as the structured NTK treats it.
 
-    h: Tensor
-    delta: Tensor
-    weight_multiplier: float
-    bias_multiplier: float
-
-
-def mlp_features(mlp: MLP, x: Tensor) -> list[LayerFeatures]:
-    """Forward and O-output backward pass of ``mlp`` on x (N, d), by hand.
-
-    δ^{L+1} = I_O; δ^l = (δ^{l+1} W_eff^{l+1}) ⊙ φ'(z^l), W_eff = m_W·W.
+    Attributes:
+        names: its trainable parameters' full names (one slice of the per-layer NTK).
+        module: the module owning them, when it has structured factors; else None (its
+            parameters go through per-sample Jacobians).
+        weight, bias: whether the factors' weight / bias are among the trainable parameters.
     """
-    with torch.no_grad():
-        inputs, preacts = [], []
-        h = x
-        for layer in mlp.layers[:-1]:
-            inputs.append(h)
-            z = layer(h)
-            preacts.append(z)
-            h = mlp.activation.fn(z)
-        inputs.append(h)
-        n = x.shape[0]
-        out_dim = mlp.layers[-1].out_features
-        delta = torch.eye(out_dim, dtype=x.dtype, device=x.device).expand(n, out_dim, out_dim)
-        deltas = [delta]
-        for i in range(len(mlp.layers) - 1, 0, -1):
-            layer = mlp.layers[i]
-            # (δ W)·m_W rather than δ (m_W W): no weight-sized temporary at large width
-            slope = mlp.activation.derivative(preacts[i - 1]) * layer.weight_multiplier
-            delta = (delta @ layer.weight) * slope.unsqueeze(1)
-            deltas.append(delta)
-        deltas.reverse()
-        return [
-            LayerFeatures(h_in, d, layer.weight_multiplier, layer.bias_multiplier)
-            for h_in, d, layer in zip(inputs, deltas, mlp.layers)
-        ]
+
+    names: list[str]
+    module: Optional[nn.Module]
+    weight: bool = True
+    bias: bool = True
 
 
-def kernel_from_features(f1: list[LayerFeatures], f2: list[LayerFeatures], mode: str) -> Tensor:
-    """Σ_l (m_W² h1·h2 + m_b²) · (δ1 · δ2), reduced to ``mode``."""
-    total = None
-    for a, b in zip(f1, f2):
-        coef = a.weight_multiplier**2 * (a.h @ b.h.T) + a.bias_multiplier**2  # (N1, N2)
-        if mode == "trace":
-            n1, o, k = a.delta.shape
-            dd = a.delta.reshape(n1, o * k) @ b.delta.reshape(b.delta.shape[0], o * k).T / o
-        elif mode == "diagonal":
-            dd = torch.einsum("aok,bok->abo", a.delta, b.delta)
-            coef = coef.unsqueeze(-1)
+def structured_layers(model: nn.Module) -> list[StructuredLayer]:
+    """The model's parameterized layers in forward (registration) order, each marked with
+    whether the factorization knows it. See :func:`ntk_lab.models.parameter_layers`."""
+    owners = {}
+    for prefix, module in model.named_modules():
+        for name, _ in module.named_parameters(recurse=False):
+            owners[f"{prefix}.{name}" if prefix else name] = (module, name)
+    layers = []
+    for names in parameter_layers(model):
+        module, _ = owners[names[0]]
+        own = {owners[n][1] for n in names}
+        known = has_factors(module) and own <= {"weight", "bias"}
+        layers.append(StructuredLayer(names, module if known else None,
+                                      "weight" in own, "bias" in own))
+    return layers
+
+
+def forward_cost(model: nn.Module, x: Tensor) -> float:
+    """Multiply-adds of one forward pass per sample: Σ P·C·F over the layers the factorization
+    knows (a convolution reuses its weights at every position) plus the parameter count of
+    the others (a dense-like estimate). From one captured sample."""
+    layers = structured_layers(model)
+    params = dict(model.named_parameters())
+    total = 0.0
+    for layer, f in zip(layers, capture_factors(model, x[:1], layers)):
+        if f is None:
+            total += sum(params[n].numel() for n in layer.names)
         else:
-            dd = torch.einsum("aok,bpk->abop", a.delta, b.delta)
-            coef = coef[..., None, None]
-        term = coef * dd
-        total = term if total is None else total + term
+            total += f.u.shape[1] * f.u.shape[2] * f.delta.shape[-1]
+    return max(total, 1.0)
+
+
+def structured_cost(model: nn.Module, x: Tensor, n1: int, n2: int, out_dim: int) -> float:
+    """Rough multiply-add count of the structured method for N1 × N2 (trace mode): one forward
+    and O backward passes over the samples, and per known layer the cheaper of the Gram and
+    explicit forms; unknown layers cost like jacrev on their parameters."""
+    layers = structured_layers(model)
+    params = dict(model.named_parameters())
+    total = 0.0
+    for layer, f in zip(layers, capture_factors(model, x[:1], layers)):
+        if f is None:
+            numel = sum(params[n].numel() for n in layer.names)
+            total += 3 * (n1 + n2) * out_dim * numel + n1 * n2 * out_dim * numel
+            continue
+        _, p, feat = f.u.shape
+        c = f.delta.shape[-1]
+        total += (1 + out_dim) * (n1 + n2) * p * c * feat
+        total += min(_gram_cost(n1, n2, p, feat, out_dim, c), _explicit_cost(n1, n2, p, feat, out_dim, c))
     return total
 
 
-def feature_bytes_per_sample(mlp: MLP, itemsize: int) -> int:
-    out_dim = mlp.layers[-1].out_features
-    return itemsize * sum(l.in_features + out_dim * l.out_features for l in mlp.layers)
+def _gram_cost(n1: int, n2: int, p: int, feat: int, out: int, c: int) -> float:
+    return n1 * n2 * p * p * (feat + out * c + 2)
 
 
-def structured_ntk(
-    mlp: MLP, x1: Tensor, x2: Tensor | None, mode: str, budget_bytes: int, scale: float = 1.0
-) -> Tensor:
-    """Θ(x1, x2) of an :class:`MLP` by the layer factorization, times ``scale``² (output α).
+def _explicit_cost(n1: int, n2: int, p: int, feat: int, out: int, c: int) -> float:
+    return (n1 + n2) * out * p * c * feat + n1 * n2 * out * c * feat
+
+
+# --------------------------------------------------------------------------- capture
+def capture_factors(model: nn.Module, x: Tensor, layers: list[StructuredLayer]) -> list[Optional[AffineFactors]]:
+    """One forward pass with hooks and the O-output backward pass: each known layer's
+    :class:`AffineFactors` on x (None for the layers the factorization does not know).
+
+    δ = ∂f_o/∂z for every output o at once (``is_grads_batched``; a loop over outputs where
+    an operation has no batching rule). No parameter gradients are formed.
+    """
+    known = [l.module for l in layers if l.module is not None]
+    calls: dict[int, list[tuple[Tensor, Tensor]]] = {id(m): [] for m in known}
+
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+        calls[id(module)].append((args[0].detach(), output))
+
+    handles = [m.register_forward_hook(hook) for m in known]
+    # an input that requires grad gives every layer output a graph even when the parameters
+    # are frozen (the θ₀ copy of jac_change); only the requested gradients are computed
+    x = x.detach().requires_grad_(True) if x.is_floating_point() else x
+    try:
+        with torch.enable_grad():
+            f = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    outputs = [out for m in known for _, out in calls[id(m)]]
+    grads = _output_sensitivities(f, outputs)
+    result, i = [], 0
+    for layer in layers:
+        if layer.module is None:
+            result.append(None)
+            continue
+        parts = []
+        for h, _ in calls[id(layer.module)]:
+            parts.append(affine_factors(layer.module, h, grads[i]))
+            i += 1
+        result.append(_join_calls(parts) if parts else None)
+    return result
+
+
+def _output_sensitivities(f: Tensor, outputs: list[Tensor]) -> list[Tensor]:
+    """[∂f_o/∂z for each z in outputs], each (N, O, *z.shape[1:]); zeros where unused."""
+    n, out_dim = f.shape
+    if not outputs:
+        return []
+    eye = torch.eye(out_dim, dtype=f.dtype, device=f.device)
+    basis = eye[:, None, :].expand(out_dim, n, out_dim)  # basis[o] selects output o of every sample
+    try:
+        grads = torch.autograd.grad(f, outputs, grad_outputs=basis, is_grads_batched=True,
+                                    allow_unused=True)
+    except RuntimeError:  # an op without a batching rule: one backward pass per output
+        per_output = [torch.autograd.grad(f, outputs, grad_outputs=basis[o], retain_graph=True,
+                                          allow_unused=True) for o in range(out_dim)]
+        grads = tuple(None if per_output[0][k] is None else torch.stack([g[k] for g in per_output])
+                      for k in range(len(outputs)))
+    return [torch.zeros(out_dim, *z.shape, dtype=z.dtype, device=z.device).transpose(0, 1)
+            if g is None else g.detach().transpose(0, 1) for g, z in zip(grads, outputs)]
+
+
+def _join_calls(parts: list[AffineFactors]) -> AffineFactors:
+    """A layer called several times: its gradient sums over the positions of every call."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return AffineFactors(torch.cat([p.u for p in parts], 1), torch.cat([p.delta for p in parts], 2),
+                         first.weight_multiplier, first.bias_multiplier, first.weight_name, first.bias_name)
+
+
+# --------------------------------------------------------------------------- one layer's kernel
+def affine_kernel(a: AffineFactors, b: AffineFactors, mode: str, budget_bytes: int, *, same: bool = False,
+                  weight: bool = True, bias: bool = True, form: str = "auto") -> Tensor:
+    """One affine layer's NTK between the samples of ``a`` and ``b``, in ``mode``.
 
     Args:
-        mlp: the network.
-        x1: (N1, d); x2: (N2, d) or None for x1.
+        a, b: factors on N1 and N2 samples (``same``: b is a, so J is formed once).
         mode: "trace" (N1, N2), "diagonal" (N1, N2, O) or "full" (N1, N2, O, O).
-        budget_bytes: cap on the features held at once; samples are chunked to fit.
-        scale: output factor α of a :class:`~ntk_lab.models.ScaledOutput` wrapper.
+        budget_bytes: cap on the intermediates (explicit J blocks, Gram blocks).
+        weight, bias: which of the layer's parameters are trainable.
+        form: "gram", "explicit" or "auto" (the cheaper by operation count; dense layers
+            always use the Gram form).
     """
+    n1, p, feat = a.u.shape
+    n2 = b.u.shape[0]
+    out, c = a.delta.shape[1], a.delta.shape[3]
+    m_w2 = a.weight_multiplier ** 2 if weight else 0.0
+    m_b2 = (a.bias_multiplier ** 2 if a.bias_multiplier is not None else 0.0) if bias else 0.0
+    if form not in ("auto", "gram", "explicit"):
+        raise ValueError(f"unknown form {form!r}; known: auto, gram, explicit")
+    if form == "auto":
+        cheaper = _explicit_cost(n1, 0 if same else n2, p, feat, out, c) < _gram_cost(n1, n2, p, feat, out, c)
+        form = "explicit" if p > 1 and cheaper else "gram"
+    if form == "explicit":
+        return _explicit_kernel(a, b, mode, budget_bytes, same, m_b2, weight)
+    return _gram_kernel(a, b, mode, budget_bytes, m_w2, m_b2)
+
+
+def _gram_kernel(a: AffineFactors, b: AffineFactors, mode: str, budget: int, m_w2: float, m_b2: float) -> Tensor:
+    """Σ_{p,q} (m_W² u·u' + m_b²)(δ·δ'), rows of a in blocks so the (rows·P, N2·P) Grams fit."""
+    n1, p, feat = a.u.shape
+    n2 = b.u.shape[0]
+    out = a.delta.shape[1]
+    per_row = a.u.element_size() * p * n2 * p * (3 + (out if mode == "diagonal" else out * out if mode == "full" else 0))
+    rows = chunk_size(per_row, budget, n1)
+    u2 = b.u.reshape(n2 * p, feat)
+    d2 = b.delta.permute(0, 2, 1, 3)  # (N2, P, O, C)
+    result = empty_kernel(n1, n2, out, mode, a.u)
+    for s in chunks(n1, rows):
+        r = s.stop - s.start
+        coef = (a.u[s].reshape(r * p, feat) @ u2.T).mul_(m_w2).add_(m_b2).reshape(r, p, n2, p)
+        d1 = a.delta[s].permute(0, 2, 1, 3)  # (r, P, O, C)
+        if mode == "trace":
+            dd = d1.reshape(r * p, -1) @ d2.reshape(n2 * p, -1).T / out
+            result[s] = (coef * dd.reshape(r, p, n2, p)).sum((1, 3))
+        elif mode == "diagonal":
+            dd = torch.einsum("apoc,bqoc->apbqo", d1, d2)
+            result[s] = torch.einsum("apbq,apbqo->abo", coef, dd)
+        else:
+            dd = torch.einsum("apoc,bqkc->apobqk", d1, d2)
+            result[s] = torch.einsum("apbq,apobqk->abok", coef, dd)
+    return result
+
+
+def _explicit_kernel(a: AffineFactors, b: AffineFactors, mode: str, budget: int, same: bool,
+                     m_b2: float, weight: bool) -> Tensor:
+    """J1·J2ᵀ with J = m_W Σ_p δ(p) u(p)ᵀ formed in blocks of output channels."""
+    n1, p, feat = a.u.shape
+    n2 = b.u.shape[0]
+    out, c = a.delta.shape[1], a.delta.shape[3]
+    result = empty_kernel(n1, n2, out, mode, a.u)
+    if weight:
+        per_channel = a.u.element_size() * out * feat * (n1 + (0 if same else n2))
+        block = chunk_size(per_channel, budget, c)
+        m_w = a.weight_multiplier
+        for cb in chunks(c, block):
+            j1 = torch.einsum("nopc,npf->nocf", a.delta[..., cb], a.u).mul_(m_w).reshape(n1, out, -1)
+            j2 = j1 if same else torch.einsum("nopc,npf->nocf", b.delta[..., cb], b.u).mul_(m_w).reshape(n2, out, -1)
+            result += contract(j1, j2, mode)
+    if m_b2 > 0.0:
+        result += contract(a.delta.sum(2), b.delta.sum(2), mode) * m_b2
+    return result
+
+
+def contract(j1: Tensor, j2: Tensor, mode: str) -> Tensor:
+    """Σ_k J1[a, o, k] J2[b, o', k] reduced to ``mode`` (trace: mean over o = o')."""
+    n1, out, _ = j1.shape
+    if mode == "trace":
+        return j1.reshape(n1, -1) @ j2.reshape(j2.shape[0], -1).T / out
+    if mode == "diagonal":
+        return torch.einsum("aok,bok->abo", j1, j2)
+    return torch.einsum("aok,bpk->abop", j1, j2)
+
+
+# --------------------------------------------------------------------------- the kernel
+def structured_ntk_layers(
+    model: nn.Module, x1: Tensor, x2: Optional[Tensor], mode: str, budget_bytes: int,
+    jacobian_fn: Callable[[nn.Module, Tensor, list[str]], dict[str, Tensor]],
+    contract_fn: Callable[[dict, dict, str], Tensor],
+) -> Tensor:
+    """Per-layer NTK (L, N1, N2[, O, O]) of any module: one slice per parameterized layer.
+
+    Known layers by their factors; the others by ``jacobian_fn(model, x, names)`` —
+    per-sample Jacobians {name: (N, O, numel)} — contracted by ``contract_fn``.
+    Samples are processed in chunks whose captured factors fit in half the budget.
+    """
+    layers = structured_layers(model)
     same = x2 is None
     x2 = x1 if same else x2
-    per_sample = feature_bytes_per_sample(mlp, x1.element_size())
-    size = chunk_size(per_sample, budget_bytes // 2, max(len(x1), len(x2)))
-    if size >= len(x1) and size >= len(x2):
-        f1 = mlp_features(mlp, x1)
-        f2 = f1 if same else mlp_features(mlp, x2)
-        return kernel_from_features(f1, f2, mode) * scale**2
-    out = empty_kernel(len(x1), len(x2), mlp.out_dim, mode, x1)
+    per_sample = _factor_bytes_per_sample(model, x1, layers)
+    size = chunk_size(per_sample, budget_bytes // 4, max(len(x1), len(x2)))
+    out_dim = _out_dim(model, x1)
+    result = torch.zeros(len(layers), *empty_kernel(len(x1), len(x2), out_dim, mode, x1).shape,
+                         dtype=x1.dtype, device=x1.device)
     for s1 in chunks(len(x1), size):
-        f1 = mlp_features(mlp, x1[s1])
+        f1 = capture_factors(model, x1[s1], layers)
         for s2 in chunks(len(x2), size):
-            f2 = f1 if (same and s1 == s2) else mlp_features(mlp, x2[s2])
-            out[s1, s2] = kernel_from_features(f1, f2, mode)
-    return out * scale**2
+            diagonal_block = same and s1 == s2
+            if same and s2.start < s1.start:  # mirror of a block already computed
+                result[:, s1, s2] = _transpose_block(result[:, s2, s1], mode)
+                continue
+            f2 = f1 if diagonal_block else capture_factors(model, x2[s2], layers)
+            for i, (layer, a, b) in enumerate(zip(layers, f1, f2)):
+                if layer.module is not None:
+                    result[i, s1, s2] = affine_kernel(a, b, mode, budget_bytes // 2, same=diagonal_block,
+                                                      weight=layer.weight, bias=layer.bias)
+    general = [i for i, layer in enumerate(layers) if layer.module is None]
+    if general:
+        for i in general:
+            result[i] = _general_layer(model, x1, None if same else x2, layers[i].names, mode,
+                                       budget_bytes, jacobian_fn, contract_fn)
+    return result
 
 
+def _general_layer(model, x1, x2, names, mode, budget, jacobian_fn, contract_fn) -> Tensor:
+    same = x2 is None
+    x2 = x1 if same else x2
+    params = dict(model.named_parameters())
+    numel = sum(params[n].numel() for n in names)
+    out_dim = _out_dim(model, x1)
+    size = chunk_size(out_dim * numel * x1.element_size(), budget // 2, max(len(x1), len(x2)))
+    result = empty_kernel(len(x1), len(x2), out_dim, mode, x1)
+    for s1 in chunks(len(x1), size):
+        j1 = jacobian_fn(model, x1[s1], names)
+        for s2 in chunks(len(x2), size):
+            j2 = j1 if same and s1 == s2 else jacobian_fn(model, x2[s2], names)
+            result[s1, s2] = contract_fn(j1, j2, mode)
+    return result
+
+
+def _transpose_block(block: Tensor, mode: str) -> Tensor:
+    """Θ(x_b, x_a) from Θ(x_a, x_b): swap the sample dims (and the output dims in full mode)."""
+    t = block.transpose(1, 2)
+    return t.transpose(-1, -2) if mode == "full" else t
+
+
+def _out_dim(model: nn.Module, x: Tensor) -> int:
+    with torch.no_grad():
+        return model(x[:1]).shape[-1]
+
+
+def _factor_bytes_per_sample(model: nn.Module, x: Tensor, layers: list[StructuredLayer]) -> int:
+    factors = capture_factors(model, x[:1], layers)
+    return sum(f.u.numel() * f.u.element_size() + f.delta.numel() * f.delta.element_size()
+               for f in factors if f is not None) or 1
+
+
+# --------------------------------------------------------------------------- Jacobian change
 def structured_jacobian_sq_distance(
-    mlp_a: MLP, mlp_b: MLP, x: Tensor, budget_bytes: int, scale: float = 1.0
+    model_a: nn.Module, model_b: nn.Module, x: Tensor, budget_bytes: int,
+    jacobian_fn: Callable[[nn.Module, Tensor, list[str]], dict[str, Tensor]],
 ) -> tuple[float, float]:
-    """(‖J_a − J_b‖²_F, ‖J_b‖²_F) for two MLPs of one architecture on x (N, d).
+    """(‖J_a − J_b‖²_F, ‖J_b‖²_F) for two models of one architecture on x (N, …).
 
-    J = ∂f/∂θ (N·O × P). Per layer ‖m_W(δ_a⊗h_a − δ_b⊗h_b)‖² expands into Gram products,
-    accumulated in float64 so that a small change is not lost to cancellation.
+    J = ∂f/∂θ (N·O × P). For a known layer the per-sample inner products ⟨J_a(x), J_b(x)⟩ are
+    Σ_{p,q} (m_W² u_a(p)·u_b(q) + m_b²)(δ_a(p)·δ_b(q)) (a P × P Gram per sample), expanded as
+    ‖J_a‖² + ‖J_b‖² − 2⟨J_a, J_b⟩ in float64 so that a small change is not lost to
+    cancellation. Other layers: per-sample Jacobians from ``jacobian_fn``, differenced.
+    ``model_b`` may be a frozen copy: its parameters are matched to ``model_a``'s by name.
     """
-    per_sample = 2 * feature_bytes_per_sample(mlp_a, x.element_size())
+    layers_a = structured_layers(model_a)
+    layers_b = _mirror_layers(model_b, layers_a)
+    per_sample = 2 * _factor_bytes_per_sample(model_a, x, layers_a) * 2
     size = chunk_size(per_sample, budget_bytes, len(x))
     dist, norm_b = 0.0, 0.0
     for s in chunks(len(x), size):
-        d, n = jacobian_sq_distance_from_features(mlp_features(mlp_a, x[s]), mlp_features(mlp_b, x[s]))
-        dist, norm_b = dist + d, norm_b + n
-    return max(dist, 0.0) * scale**2, norm_b * scale**2
+        fa = capture_factors(model_a, x[s], layers_a)
+        fb = capture_factors(model_b, x[s], layers_b)
+        for layer, a, b in zip(layers_a, fa, fb):
+            if layer.module is None:
+                continue
+            inner = {k: _sample_inner(*pair, layer) for k, pair in
+                     (("aa", (a, a)), ("bb", (b, b)), ("ab", (a, b)))}
+            dist += inner["aa"] + inner["bb"] - 2 * inner["ab"]
+            norm_b += inner["bb"]
+    general = [l.names for l in layers_a if l.module is None]
+    if general:
+        names = [n for group in general for n in group]
+        out_dim = _out_dim(model_a, x)
+        numel = sum(dict(model_a.named_parameters())[n].numel() for n in names)
+        size = chunk_size(2 * out_dim * numel * x.element_size(), budget_bytes, len(x))
+        for s in chunks(len(x), size):
+            ja = jacobian_fn(model_a, x[s], names)
+            jb = jacobian_fn(model_b, x[s], names)
+            for k in ja:
+                dist += (ja[k] - jb[k]).double().pow(2).sum().item()
+                norm_b += jb[k].double().pow(2).sum().item()
+    return max(dist, 0.0), norm_b
 
 
-def jacobian_sq_distance_from_features(
-    feats_a: list[LayerFeatures], feats_b: list[LayerFeatures]
-) -> tuple[float, float]:
-    """(‖J_a − J_b‖²_F, ‖J_b‖²_F) on the samples the two feature lists were computed on.
+def _mirror_layers(model_b: nn.Module, layers_a: list[StructuredLayer]) -> list[StructuredLayer]:
+    """model_b's modules at the same names as model_a's layers (model_b's parameters may be
+    frozen, so its own parameter_layers would be empty)."""
+    modules = dict(model_b.named_modules())
+    mirrored = []
+    for layer in layers_a:
+        prefix = layer.names[0].rpartition(".")[0]
+        module = modules[prefix] if layer.module is not None else None
+        mirrored.append(StructuredLayer(layer.names, module, layer.weight, layer.bias))
+    return mirrored
 
-    Per sample and layer, ‖m_W(δ_a⊗h_a − δ_b⊗h_b)‖² + ‖m_b(δ_a − δ_b)‖² expands into
-    products of per-sample norms and inner products, in float64 so that a small change is not
-    lost to cancellation. The result may be slightly negative from round-off; callers clamp.
-    """
-    dist, norm_b = 0.0, 0.0
-    for fa, fb in zip(feats_a, feats_b):
-        ha, hb = fa.h.double(), fb.h.double()
-        da, db = fa.delta.double(), fb.delta.double()
-        m_w2, m_b2 = fa.weight_multiplier**2, fa.bias_multiplier**2
-        hh = {"aa": (ha * ha).sum(-1), "bb": (hb * hb).sum(-1), "ab": (ha * hb).sum(-1)}
-        dd = {"aa": (da * da).sum((-1, -2)), "bb": (db * db).sum((-1, -2)),
-              "ab": (da * db).sum((-1, -2))}
-        inner = {k: ((m_w2 * hh[k] + m_b2) * dd[k]).sum().item() for k in hh}
-        dist += inner["aa"] + inner["bb"] - 2 * inner["ab"]
-        norm_b += inner["bb"]
-    return dist, norm_b
+
+def _sample_inner(a: AffineFactors, b: AffineFactors, layer: StructuredLayer) -> float:
+    """Σ_n Σ_o ⟨J_a(x_n)_o, J_b(x_n)_o⟩ for one layer, in float64."""
+    ua, ub = a.u.double(), b.u.double()
+    da, db = a.delta.double(), b.delta.double()  # (N, O, P, C)
+    m_w2 = a.weight_multiplier ** 2 if layer.weight else 0.0
+    m_b2 = (a.bias_multiplier ** 2 if a.bias_multiplier is not None else 0.0) if layer.bias else 0.0
+    if ua.shape[1] == 1:  # dense: the classic expansion
+        hh = (ua[:, 0] * ub[:, 0]).sum(-1)
+        dd = (da[:, :, 0] * db[:, :, 0]).sum((-1, -2))
+        return ((m_w2 * hh + m_b2) * dd).sum().item()
+    gu = torch.bmm(ua, ub.transpose(1, 2))  # (N, P, Q)
+    gd = torch.einsum("nopc,noqc->npq", da, db)
+    return ((m_w2 * gu + m_b2) * gd).sum().item()
+
+
+__all__ = ["StructuredLayer", "affine_kernel", "capture_factors", "contract", "forward_cost", "structured_cost",
+           "structured_jacobian_sq_distance", "structured_layers", "structured_ntk_layers"]
