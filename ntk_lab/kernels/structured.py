@@ -244,13 +244,39 @@ def _explicit_kernel(a: AffineFactors, b: AffineFactors, mode: str, budget: int,
     if weight:
         per_channel = a.u.element_size() * out * feat * (n1 + (0 if same else n2))
         block = chunk_size(per_channel, budget, c)
-        m_w = a.weight_multiplier
         for cb in chunks(c, block):
-            j1 = torch.einsum("nopc,npf->nocf", a.delta[..., cb], a.u).mul_(m_w).reshape(n1, out, -1)
-            j2 = j1 if same else torch.einsum("nopc,npf->nocf", b.delta[..., cb], b.u).mul_(m_w).reshape(n2, out, -1)
-            result += contract(j1, j2, mode)
+            j1 = _per_sample_weight_gradients(a, cb)
+            j2 = j1 if same else _per_sample_weight_gradients(b, cb)
+            result += _gram_symmetric(j1, mode) if same else contract(j1, j2, mode)
     if m_b2 > 0.0:
         result += contract(a.delta.sum(2), b.delta.sum(2), mode) * m_b2
+    return result
+
+
+def _per_sample_weight_gradients(f: AffineFactors, channels: slice) -> Tensor:
+    """J[n, o] = m_W Σ_p δ[n, o, p, c] u[n, p, :] for c in ``channels``: (N, O, |c|·F).
+
+    One batched matrix product per sample, (O·|c| × P) @ (P × F), on the factors' own
+    memory layouts (δ is stored (N, O, C, P), u (N, F, P)): no copies of either."""
+    n, out, p, _ = f.delta.shape
+    d = f.delta[..., channels].transpose(2, 3).reshape(n, -1, p)  # (N, O·|c|, P), a view when c is all
+    j = torch.bmm(d, f.u)  # (N, O·|c|, F)
+    return j.mul_(f.weight_multiplier).reshape(n, out, -1)
+
+
+def _gram_symmetric(j: Tensor, mode: str) -> Tensor:
+    """contract(j, j, mode) computing the upper block triangle only (J Jᵀ is symmetric):
+    for a trace-mode Gram of many samples, two row blocks save a quarter of the work."""
+    n = j.shape[0]
+    if mode != "trace" or n < 64:
+        return contract(j, j, mode)
+    half = n // 2
+    top, bottom = j[:half], j[half:]
+    result = j.new_empty(n, n)
+    result[:half, :half] = contract(top, top, mode)
+    result[:half, half:] = contract(top, bottom, mode)
+    result[half:, :half] = result[:half, half:].T
+    result[half:, half:] = contract(bottom, bottom, mode)
     return result
 
 
@@ -280,7 +306,9 @@ def structured_ntk_layers(
     same = x2 is None
     x2 = x1 if same else x2
     per_sample = _factor_bytes_per_sample(model, x1, layers)
-    size = chunk_size(per_sample, budget_bytes // 4, max(len(x1), len(x2)))
+    # the factors of one chunk of x1 and one of x2 (one chunk when x2 is x1) in half the
+    # budget; the other half for a layer's intermediates (J blocks, Gram blocks)
+    size = chunk_size(per_sample * (1 if same else 2), budget_bytes // 2, max(len(x1), len(x2)))
     out_dim = _out_dim(model, x1)
     result = torch.zeros(len(layers), *empty_kernel(len(x1), len(x2), out_dim, mode, x1).shape,
                          dtype=x1.dtype, device=x1.device)

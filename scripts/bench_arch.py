@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Benchmark conv nets (issue 10) in ONE process; ratios are the result (shared machines are
+noisy).
+
+1. Empirical NTK of a CNN, 1 → C channels × 3 conv layers, 3×3 'same', ReLU, GAP, 8×8 inputs,
+   N = 128, out_dim 1, float32: seconds of ``auto`` (and of the other methods with --all)
+   divided by one forward+backward pass over the batch. Targets: ≤ 3× at 512 channels,
+   ≤ 2× at 128.
+2. Θ_∞ of a CNN with GAP, depth 3, ReLU, 32 images of 3×16×16, float64: seconds and peak
+   extra memory. Targets: ≤ 6 s, ≤ 2 GB.
+
+    python scripts/bench_arch.py                 # both, CPU
+    python scripts/bench_arch.py --all           # also jacrev and ntvp (slow on a CPU)
+    python scripts/bench_arch.py --device cuda   # on a GPU (TF32 off while kernels run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from bench_ntk import PeakMemory, timed  # scripts/ is on sys.path when run as a script
+from ntk_lab.kernels import empirical_ntk, infinite_width_kernels
+from ntk_lab.kernels.empirical import resolve_method
+from ntk_lab.models import CNN
+
+
+def forward_backward(model, x):
+    def run():
+        model.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+    return run
+
+
+def empirical_table(channels, n, methods, device, repeats) -> dict:
+    print(f"{'channels':>8} {'method':>10} {'chosen':>10} {'median s':>9} {'÷ fwd+bwd':>10} {'peak MB':>8}")
+    ratios = {}
+    for width in channels:
+        model = CNN(1, width, 3, 1, "relu", seed=0, device=device)
+        x = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(1)).to(device)
+        base, _ = timed(forward_backward(model, x), device, repeats)
+        for method in methods:
+            chosen = resolve_method(model, x, None, method)
+            fn = lambda: empirical_ntk(model, x, method=method, mode="trace")  # noqa: E731
+            seconds, peak = timed(fn, device, repeats)
+            ratios[(width, method)] = seconds / base
+            print(f"{width:>8} {method:>10} {chosen:>10} {seconds:>9.3f} {seconds / base:>10.2f} {peak / 2**20:>8.0f}")
+        print(f"{width:>8} {'fwd+bwd':>10} {'':>10} {base:>9.3f}")
+    return ratios
+
+
+def theta_inf_check(device) -> tuple[float, float]:
+    x = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
+    model = CNN(3, 8, 3, 1, "relu", "ntk", 1.4, 0.1)  # Θ_∞ does not depend on the width
+    infinite_width_kernels(x[:2], model=model)  # warm-up
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        infinite_width_kernels(x, model=model)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return seconds, mem.peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--all", action="store_true", help="also time jacrev and ntvp")
+    parser.add_argument("--channels", default="128,512", help="comma-separated channel counts")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    channels = [int(c) for c in args.channels.split(",")]
+    methods = ("auto", "structured", "ntvp", "jacrev") if args.all else ("auto",)
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}\n\n"
+          f"1. empirical NTK: CNN 1 -> C channels x 3 layers, 8x8, GAP, N = {args.n}, float32")
+    ratios = empirical_table(channels, args.n, methods, device, args.repeats)
+    seconds, peak = theta_inf_check(device)
+    print(f"\n2. Θ_∞: CNN, GAP, depth 3, ReLU, 32 images 3x16x16, float64: {seconds:.2f} s, "
+          f"peak extra {peak / 2**20:.0f} MB")
+    print("\ntargets:")
+    for width, limit in ((512, 3.0), (128, 2.0)):
+        if (width, "auto") in ratios:
+            r = ratios[(width, "auto")]
+            print(f"  auto at {width} channels: {r:.2f}x fwd+bwd (<= {limit:g}x): {'PASS' if r <= limit else 'FAIL'}")
+    print(f"  Θ_∞: {seconds:.2f} s (<= 6 s): {'PASS' if seconds <= 6 else 'FAIL'}; "
+          f"{peak / 2**30:.2f} GB (<= 2 GB): {'PASS' if peak <= 2 * 2**30 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
