@@ -67,31 +67,38 @@ class Activation:
 
 
 # --------------------------------------------------------------------------- closed-form duals
-def _arccos_parts(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _arccos_parts(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """(s sin θ, q12 clamped, π − θ, degenerate mask) for the arc-cosine family, NaN-free.
 
     s sin θ = √(q11 q22 − q12²) after clamping q12 to [−s, s] (|ρ| ≤ 1, so rounding never
     gives a negative radicand), and π − θ = atan2(s sin θ, −q12) ∈ [0, π] (θ = arccos ρ).
-    At zero variance every term is finite (atan2(0, ±0) is 0 or π); the mask marks it.
+    At zero variance every term is finite (atan2(0, ±0) is 0 or π); the mask marks it, and is
+    None when no variance is zero.
 
     Written for speed on pair tensors (Θ_∞ of a conv net evaluates it on (N, N, P, P)): s is
-    the product of the square roots of the (small, broadcast) variance tensors, and the
-    pair-sized work is done in place — a dozen passes over the pairs, two transcendental.
+    the product of the square roots of the (small, broadcast) variance tensors, the clamp is a
+    minimum and a maximum (torch's clamp with tensor bounds is ~10× slower), and the remaining
+    pair-sized work is done in place.
     """
-    s = torch.sqrt(q11.clamp_min(0.0)) * torch.sqrt(q22.clamp_min(0.0))
-    s = s.expand(torch.broadcast_shapes(s.shape, q12.shape))
-    q12c = torch.clamp(q12, min=-s, max=s)
+    root1, root2 = torch.sqrt(q11.clamp_min(0.0)), torch.sqrt(q22.clamp_min(0.0))
+    shape = torch.broadcast_shapes(q11.shape, q12.shape, q22.shape)
+    s = (root1 * root2).expand(shape)
+    q12c = torch.minimum(q12, s)
+    torch.maximum(q12c, (-root1) * root2, out=q12c)
     # s² − q12² as (s − q12)(s + q12): exactly 0 at ρ = ±1 (no fused-multiply-add residue)
     ssin = torch.sub(s, q12c).mul_(s + q12c).clamp_min_(0.0).sqrt_()
     pi_minus_theta = torch.atan2(ssin, torch.neg(q12c))
-    return ssin, q12c, pi_minus_theta, s <= 0.0
+    zero1, zero2 = q11 <= 0.0, q22 <= 0.0
+    degenerate = (zero1 | zero2).expand(shape) if bool(zero1.any() or zero2.any()) else None
+    return ssin, q12c, pi_minus_theta, degenerate
 
 
 def _relu_dual(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor]:
     ssin, q12c, pmt, degenerate = _arccos_parts(q11, q12, q22)
     nngp = torch.addcmul(ssin, pmt, q12c).mul_(0.5 / math.pi)
-    # u = 0 a.s.: E[relu(0) relu(v)] = 0 (the formula gives it) and relu'(0) = 0.
-    dot = pmt.mul_(0.5 / math.pi).masked_fill_(degenerate, 0.0)
+    dot = pmt.mul_(0.5 / math.pi)
+    if degenerate is not None:  # u = 0 a.s.: E[relu(0) relu(v)] = 0 (the formula gives it), relu'(0) = 0
+        dot.masked_fill_(degenerate, 0.0)
     return nngp, dot
 
 
@@ -103,10 +110,11 @@ def _leaky_relu_dual(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Ten
     j_minus = (ssin - theta * q12c) * (0.5 / math.pi)  # J(−ρ)
     nngp = (1.0 + a * a) * j_plus - 2.0 * a * j_minus
     dot = ((1.0 + a * a) * pmt + 2.0 * a * theta) * (0.5 / math.pi)
-    # u = 0 a.s. (or v): φ'(0) = a times E[φ'(v)] = (1 + a)/2 when Var v > 0, a when v = 0 too.
-    both_zero = (q11 <= 0.0) & (q22 <= 0.0)
-    degenerate_dot = torch.where(both_zero, dot.new_tensor(a * a), dot.new_tensor(a * (1.0 + a) / 2.0))
-    dot = torch.where(degenerate, degenerate_dot, dot)
+    if degenerate is not None:
+        # u = 0 a.s. (or v): φ'(0) = a times E[φ'(v)] = (1 + a)/2 when Var v > 0, a when v = 0 too.
+        both_zero = (q11 <= 0.0) & (q22 <= 0.0)
+        degenerate_dot = torch.where(both_zero, dot.new_tensor(a * a), dot.new_tensor(a * (1.0 + a) / 2.0))
+        dot = torch.where(degenerate, degenerate_dot, dot)
     return nngp, dot
 
 
@@ -114,7 +122,9 @@ def _abs_dual(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor]:
     ssin, q12c, pmt, degenerate = _arccos_parts(q11, q12, q22)
     theta = math.pi - pmt
     nngp = (2.0 * ssin + (pmt - theta) * q12c) * (1.0 / math.pi)
-    dot = torch.where(degenerate, 0.0, (pmt - theta) * (1.0 / math.pi))  # sign(0) = 0
+    dot = (pmt - theta) * (1.0 / math.pi)
+    if degenerate is not None:
+        dot = torch.where(degenerate, 0.0, dot)  # sign(0) = 0
     return nngp, dot
 
 
