@@ -19,10 +19,12 @@ import ntk_lab
 from ntk_lab import preflight
 from ntk_lab.config import ConfigError, RunConfig, data_settings
 from ntk_lab.data import Dataset, make_dataset
-from ntk_lab.kernels.analytic import infinite_width_kernels
 from ntk_lab.kernels.regression import GradientFlowPredictor
-from ntk_lab.kernels.structured import feature_bytes_per_sample
-from ntk_lab.models import MLP, ScaledOutput, unwrap_mlp
+from ntk_lab.kernels.structured import factor_bytes_per_sample, fully_structured
+from ntk_lab.models import (
+    NO_LIMIT_REASON, CustomModuleError, ScaledOutput, build_network, infinite_width_of, network_inputs,
+)
+from ntk_lab.models.custom import check_output_shape, check_sample_independence
 from ntk_lab.records import STATUS_FAILED, STATUS_RUNNING, RunRecorder, write_summary
 from ntk_lab.storage import StoragePlan, plan_storage
 from ntk_lab.train import TrainOutcome, TrainSettings, checkpoint_steps, train
@@ -83,11 +85,19 @@ def memory_refusal(config: RunConfig, data: Dataset, device: torch.device) -> Op
     free (:mod:`ntk_lab.preflight`), else None. Allocates nothing: the network is measured on
     the ``meta`` device."""
     dtype = DTYPES[config.precision]
-    shape = preflight.run_shape(
-        lambda dev: build_model(config, data, dtype, dev), data.x_train[:1].to(dtype),
-        itemsize=torch.finfo(dtype).bits // 8, n_train=len(data.x_train), n_test=len(data.x_test),
-        n_probe=len(data.x_probe), batch=config.train.batch_size,
-        feature_bytes=lambda net: _structured_feature_bytes(net, dtype))
+    sample = data.x_train[:1].to(dtype)
+    try:
+        shape = preflight.run_shape(
+            lambda dev: build_model(config, data, dtype, dev), sample,
+            itemsize=torch.finfo(dtype).bits // 8, n_train=len(data.x_train), n_test=len(data.x_test),
+            n_probe=len(data.x_probe), batch=config.train.batch_size,
+            feature_bytes=lambda net: _structured_feature_bytes(net, sample))
+    except ConfigError:
+        raise
+    except Exception:  # a user's module that cannot be built on the meta device: no estimate
+        if config.model.name == "custom":
+            return None
+        raise
     estimate = preflight.estimate_memory(shape, instrumentation(config), device.type)
     available, where = preflight.available_memory(device)
     return preflight.refusal(estimate, available, where)
@@ -105,13 +115,17 @@ def instrumentation(config: RunConfig) -> preflight.Instrumentation:
         centered=config.model.center)
 
 
-def _structured_feature_bytes(net: torch.nn.Module, dtype: torch.dtype) -> Optional[int]:
-    mlp, _ = unwrap_mlp(net)
-    return None if mlp is None else feature_bytes_per_sample(mlp, torch.finfo(dtype).bits // 8)
+def _structured_feature_bytes(net: torch.nn.Module, sample: torch.Tensor) -> Optional[int]:
+    """Factor bytes per probe point when every layer has structured factors, else None."""
+    if not fully_structured(net):
+        return None
+    return factor_bytes_per_sample(net, sample.to(next(net.parameters()).device))
 
 
 def build_model(config: RunConfig, data: Dataset, dtype: torch.dtype, device) -> torch.nn.Module:
-    """The MLP of ``config.model`` for ``data``, α-scaled when ``output_scale`` ≠ 1 or centered."""
+    """The network of ``config.model`` (mlp, cnn, resmlp, custom) for ``data`` (as
+    :func:`ntk_lab.models.network_inputs` shaped it), α-scaled when ``output_scale`` ≠ 1 or
+    centered."""
     m = config.model
     out_dim = data.out_dim if m.out_dim is None else m.out_dim
     if out_dim != data.out_dim:
@@ -120,8 +134,11 @@ def build_model(config: RunConfig, data: Dataset, dtype: torch.dtype, device) ->
     # on the meta device (the memory estimate) there are no values to draw: skip the seeded
     # generator, which walks every element even there (seconds at width 10⁸)
     seed = None if torch.device(device).type == "meta" else config.train.seed
-    net = MLP(data.in_dim, m.width, m.depth, out_dim, m.activation, m.parameterization,
-              m.w_std, m.b_std, seed=seed, dtype=dtype, device=device)
+    try:
+        net = build_network(m.spec(), tuple(data.x_train.shape[1:]), out_dim, seed=seed,
+                            dtype=dtype, device=device)
+    except CustomModuleError as err:
+        raise ConfigError(str(err)) from None
     if m.output_scale != 1.0 or m.center:
         return ScaledOutput(net, m.output_scale, m.center)
     return net
@@ -131,10 +148,10 @@ def probe_kernels(config: RunConfig, data: Dataset) -> dict[str, torch.Tensor]:
     """Probe inputs, NNGP_∞ and Θ_∞ (float64) on them; Θ_∞ scaled by α² like the network."""
     m = config.model
     x = data.x_probe.to(torch.float64)
-    nngp, ntk = infinite_width_kernels(
-        x, activation=m.activation, depth=m.depth, w_std=m.w_std, b_std=m.b_std,
-        parameterization=m.parameterization, width=m.width,
-    )
+    limit = infinite_width_of(m.spec(), x)
+    if limit is None:  # a custom module: NaN, the reason in summary.json (NO_LIMIT_REASON)
+        limit = (torch.full((len(x), len(x)), float("nan"), dtype=torch.float64),) * 2
+    nngp, ntk = limit
     kernels = {"probe_x": data.x_probe, "nngp_inf": nngp, "theta_inf": ntk * m.output_scale**2}
     if data.probe_angle is not None:
         kernels["probe_angle"] = data.probe_angle
@@ -147,12 +164,9 @@ def infinite_width_predictor(config: RunConfig, data: Dataset) -> GradientFlowPr
     The dynamics are driven by Θ·loss_scale; for an α-scaled network that is α²Θ_∞/α² = Θ_∞,
     so the unscaled Θ_∞ is used whatever α.
     """
-    m = config.model
     n = len(data.x_train)
     x = torch.cat([data.x_train, data.x_test]).to(torch.float64)
-    _, ntk = infinite_width_kernels(
-        x, x[:n], activation=m.activation, depth=m.depth, w_std=m.w_std, b_std=m.b_std,
-        parameterization=m.parameterization, width=m.width)
+    _, ntk = infinite_width_of(config.model.spec(), x, x[:n])
     return GradientFlowPredictor(ntk[:n], ntk[n:], data.y_train.to(torch.float64))
 
 
@@ -176,7 +190,7 @@ def run_experiment(
     device = resolve_device(config.device, job_num)
     dtype = DTYPES[config.precision]
     torch.manual_seed(config.train.seed)
-    data = make_dataset(config.data.name, **data_settings(config.data))
+    data = network_inputs(config.model.name, make_dataset(config.data.name, **data_settings(config.data)))
     problem = memory_refusal(config, data, device)
     if problem:
         raise ConfigError(problem)
@@ -191,7 +205,7 @@ def run_experiment(
     data = data.to(dtype, device)
     config.model.out_dim = data.out_dim
     config.device = str(device)
-    notes = {"kernel_store": plan.level}
+    notes = {"kernel_store": plan.level, **custom_module_notes(config, model, data)}
     if not kernels_on:
         notes["kernels"] = "off (ntk.enabled=false): no empirical NTK, no Θ_∞ and no metric built on them"
     write_summary(run_dir, _summary(config, STATUS_RUNNING, "", started, **notes))
@@ -210,7 +224,7 @@ def run_experiment(
         settings.record_jac_change = settings.kappa_hessian = False
     theta_inf = static["theta_inf"].to(device) if kernels_on else None
     infinite = (infinite_width_predictor(config, data)
-                if config.lazy.infinite_width and kernels_on else None)
+                if config.lazy.infinite_width and kernels_on and config.model.name != "custom" else None)
     outcome = train(model, data, settings, recorder, theta_inf=theta_inf,
                     loss_scale=1.0 / config.model.output_scale**2, infinite=infinite,
                     stop_requested=stop_requested)
@@ -220,6 +234,22 @@ def run_experiment(
                              final=final, **notes))
     _draw_run_figures(run_dir)
     return outcome
+
+
+def custom_module_notes(config: RunConfig, model: torch.nn.Module, data: Dataset) -> dict:
+    """For ``model=custom``: check the output shape and whether samples mix (BatchNorm in
+    training mode: the run then uses eval-mode statistics), and say so for summary.json."""
+    if config.model.name != "custom":
+        return {}
+    target = config.model.target
+    try:
+        check_output_shape(model, data.x_train, data.out_dim, target)
+        mixing = check_sample_independence(model, data.x_train, target)
+    except CustomModuleError as err:
+        raise ConfigError(str(err)) from None
+    notes = {"theta_inf": NO_LIMIT_REASON}
+    notes["sample_mixing"] = mixing or "none detected (one sample's outputs do not depend on the others)"
+    return notes
 
 
 def _draw_run_figures(run_dir: Path) -> None:
@@ -244,7 +274,8 @@ def preflight_refusal(config: RunConfig, job_num: Optional[int] = None) -> Optio
     key = (config.data.name, tuple(sorted(data_settings(config.data).items())))
     if key not in _DATA_CACHE:
         _DATA_CACHE[key] = make_dataset(config.data.name, **data_settings(config.data))
-    return memory_refusal(config, _DATA_CACHE[key], resolve_device(config.device, job_num))
+    data = network_inputs(config.model.name, _DATA_CACHE[key])
+    return memory_refusal(config, data, resolve_device(config.device, job_num))
 
 
 _DATA_CACHE: dict = {}

@@ -11,14 +11,15 @@ config files before Hydra composes, so a typo also gets one line.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from ntk_lab.activations import ACTIVATIONS
 from ntk_lab.data import DATASETS
 from ntk_lab.kernels.empirical import METHODS
-from ntk_lab.models import PARAMETERIZATIONS
+from ntk_lab.models import MODELS, PARAMETERIZATIONS, NetworkSpec
+from ntk_lab.models.cnn import PADDINGS, READOUTS
 from ntk_lab.storage import DEFAULT_STORE_MAX_MB, STORE_DTYPES, STORE_LEVELS
 
 PRECISIONS = ("float32", "float64")
@@ -32,13 +33,27 @@ class ConfigError(ValueError):
 class ModelConfig:
     width: int
     depth: int
-    activation: str
-    parameterization: str
-    w_std: float
-    b_std: float
+    activation: Optional[str]  # None for a custom module (its own business)
+    parameterization: Optional[str]
+    w_std: Optional[float]
+    b_std: Optional[float]
     out_dim: Optional[int]  # None: taken from the data
     output_scale: float  # α of Chizat et al. 2019; 1 = the plain network
     center: bool  # train α·(f(θ) − f(θ₀)) instead of α·f(θ)
+    # issue 10: which network, and the knobs of the conv / residual / custom ones
+    name: str = "mlp"  # mlp | cnn | resmlp | custom (the model group's choice)
+    kernel_size: int = 3  # cnn
+    padding: str = "same"  # cnn
+    readout: str = "gap"  # cnn
+    branch_scale: float = 1.0  # resmlp
+    target: Optional[str] = None  # custom: package.module:callable
+    extra: dict = field(default_factory=dict)  # custom: further model.* keys, passed on
+
+    def spec(self) -> NetworkSpec:
+        """The plain network settings :func:`ntk_lab.models.build_network` takes."""
+        return NetworkSpec(self.name, self.width, self.depth, self.activation, self.parameterization,
+                           self.w_std, self.b_std, self.kernel_size, self.padding, self.readout,
+                           self.branch_scale, self.target, dict(self.extra))
 
 
 @dataclass
@@ -101,7 +116,7 @@ class RunConfig:
             "width": m.width, "depth": m.depth, "lr": t.lr, "seed": t.seed,
             "activation": m.activation, "parameterization": m.parameterization,
             "w_std": m.w_std, "b_std": m.b_std, "out_dim": m.out_dim,
-            "output_scale": m.output_scale, "center": m.center,
+            "output_scale": m.output_scale, "center": m.center, **m_arch(m),
             "dataset": d.name, "n_train": d.n_train, "n_test": d.n_test, "n_probe": d.n_probe,
             "data_seed": d.seed, "steps": t.steps, "batch_size": t.batch_size,
             "ntk_enabled": k.enabled, "ntk_method": k.method, "checkpoints": k.checkpoints,
@@ -110,6 +125,14 @@ class RunConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def m_arch(m: ModelConfig) -> dict[str, Any]:
+    """The network's name and the knobs of its kind, for summary.json."""
+    extra = {"cnn": {"kernel_size": m.kernel_size, "padding": m.padding, "readout": m.readout},
+             "resmlp": {"branch_scale": m.branch_scale},
+             "custom": {"target": m.target, **{f"model_{k}": v for k, v in m.extra.items()}}}
+    return {"model": m.name, **extra.get(m.name, {})}
 
 
 # ----------------------------------------------------------------------------- checks
@@ -179,6 +202,49 @@ def _device(value: Any) -> str:
     raise _fail("device", value, "allowed: auto, cpu, cuda, cuda:N")
 
 
+# Keys of the model group every network has; a custom module receives all the others.
+_GENERIC_MODEL_KEYS = ("name", "width", "depth", "out_dim", "output_scale", "center", "target")
+
+
+def _model_config(model: Mapping[str, Any], g: Callable) -> ModelConfig:
+    """The ``model`` group: the shared knobs, then the chosen network's own ones."""
+    name = _choice("model.name", g(model, "model", "name", "mlp"), MODELS)
+    m = ModelConfig(
+        width=_int("model.width", g(model, "model", "width"), 1),
+        depth=_int("model.depth", g(model, "model", "depth"), 1),
+        activation=None, parameterization=None, w_std=None, b_std=None,
+        out_dim=_int("model.out_dim", g(model, "model", "out_dim", None), 1, optional=True),
+        output_scale=_float("model.output_scale", g(model, "model", "output_scale", 1.0),
+                            lambda v: v > 0, "must be > 0"),
+        center=_bool("model.center", g(model, "model", "center", False)),
+        name=name,
+    )
+    if name == "custom":  # the module's own keys (activation, …) are the builder's business
+        target = g(model, "model", "target", None)
+        if not isinstance(target, str) or not target.strip():
+            raise ConfigError("model.target must be set for model=custom: package.module:callable "
+                              "(e.g. ntk_lab.examples.custom_net:build)")
+        m.target = target.strip()
+        m.extra = {k: v for k, v in model.items() if k not in _GENERIC_MODEL_KEYS}
+        return m
+    m.activation = _choice("model.activation", g(model, "model", "activation"), tuple(ACTIVATIONS))
+    m.parameterization = _choice("model.parameterization", g(model, "model", "parameterization"),
+                                 PARAMETERIZATIONS)
+    m.w_std = _float("model.w_std", g(model, "model", "w_std"), lambda v: v > 0, "must be > 0")
+    m.b_std = _float("model.b_std", g(model, "model", "b_std"), lambda v: v >= 0, "must be >= 0")
+    if name == "cnn":
+        k = _int("model.kernel_size", g(model, "model", "kernel_size", 3), 1)
+        if k % 2 == 0:
+            raise _fail("model.kernel_size", k, "must be an odd integer >= 1 (a 'same' filter centred on its position)")
+        m.kernel_size = k
+        m.padding = _choice("model.padding", g(model, "model", "padding", "same"), PADDINGS)
+        m.readout = _choice("model.readout", g(model, "model", "readout", "gap"), READOUTS)
+    if name == "resmlp":
+        m.branch_scale = _float("model.branch_scale", g(model, "model", "branch_scale", 1.0),
+                                lambda v: v >= 0, "must be a number >= 0")
+    return m
+
+
 def validate(cfg: Mapping[str, Any]) -> RunConfig:
     """Check every setting of a composed config (a plain nested dict) and type it.
 
@@ -188,19 +254,7 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
     model, data, train, ntk, lazy = (
         cfg.get(g) or {} for g in ("model", "data", "train", "ntk", "lazy"))
     g = lambda section, group, name, *d: _get(section, group, name, *d)  # noqa: E731
-    m = ModelConfig(
-        width=_int("model.width", g(model, "model", "width"), 1),
-        depth=_int("model.depth", g(model, "model", "depth"), 1),
-        activation=_choice("model.activation", g(model, "model", "activation"), tuple(ACTIVATIONS)),
-        parameterization=_choice("model.parameterization", g(model, "model", "parameterization"),
-                                 PARAMETERIZATIONS),
-        w_std=_float("model.w_std", g(model, "model", "w_std"), lambda v: v > 0, "must be > 0"),
-        b_std=_float("model.b_std", g(model, "model", "b_std"), lambda v: v >= 0, "must be >= 0"),
-        out_dim=_int("model.out_dim", g(model, "model", "out_dim", None), 1, optional=True),
-        output_scale=_float("model.output_scale", g(model, "model", "output_scale", 1.0),
-                            lambda v: v > 0, "must be > 0"),
-        center=_bool("model.center", g(model, "model", "center", False)),
-    )
+    m = _model_config(model, g)
     d = DataConfig(
         name=_choice("data.name", g(data, "data", "name"), DATASETS),
         n_train=_int("data.n_train", g(data, "data", "n_train", None), 1, optional=True),
@@ -276,10 +330,13 @@ def check_overrides(argv: list[str], config_dir: Path) -> Optional[str]:
     """The one-line error for the first override naming an unknown option or key, or None.
 
     ``group=option`` (comma-separated sweep values each checked) must name a file of the
-    group; ``group.key=value`` a key that some option of the group has; ``key=value`` a
+    group; ``group.key=value`` a key that some option of the group has (any ``model.*`` key
+    with ``model=custom``: the custom module receives it); ``key=value`` a
     top-level key of config.yaml. Hydra's own keys (``hydra.*``) are left to Hydra.
     """
     top_level = _yaml_keys(config_dir / "config.yaml")
+    # a custom module takes any further model.* key (passed to its builder as a keyword)
+    custom = any(a.lstrip("+~") in ("model=custom",) for a in argv)
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue
@@ -294,6 +351,8 @@ def check_overrides(argv: list[str], config_dir: Path) -> Optional[str]:
                 if value not in ("", "null") and option.strip() not in allowed:
                     return f"{group}={option.strip()!r} is invalid: allowed: {', '.join(allowed)}"
         elif group in _USER_GROUPS and group != "experiment":
+            if group == "model" and custom:
+                continue
             known = set().union(*(_yaml_keys(p) for p in (config_dir / group).glob("*.yaml")))
             if sub not in known:
                 return f"{key} is not a setting; {group} has: {', '.join(sorted(known))}"

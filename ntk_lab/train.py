@@ -23,7 +23,7 @@ from ntk_lab.hessian import kappa_hessian
 from ntk_lab.kernels.tracker import ProbeKernelTracker
 from ntk_lab.kernels.regression import GradientFlowPredictor
 from ntk_lab.linearized import LinearizedModel
-from ntk_lab.models import unwrap_mlp
+from ntk_lab.models import parameter_layers
 from ntk_lab.records import STATUS_DIVERGED, STATUS_INTERRUPTED, STATUS_OK
 
 
@@ -91,15 +91,6 @@ def checkpoint_steps(steps: int, count: int) -> list[int]:
     return sorted({0, steps, *[int(s) for s in inner if 0 < s <= steps]})
 
 
-def layer_weight_names(model: nn.Module) -> list[str]:
-    """Names of the weight matrices of an MLP's layers (input first), [] for other modules."""
-    mlp, _ = unwrap_mlp(model)
-    if mlp is None:
-        return []
-    prefix = "" if mlp is model else "net."
-    return [f"{prefix}layers.{i}.weight" for i in range(len(mlp.layers))]
-
-
 def _trainable(model: nn.Module) -> dict[str, Tensor]:
     return {k: v for k, v in model.named_parameters() if v.requires_grad}
 
@@ -136,7 +127,7 @@ class _Checkpointer:
         self.loss_scale = loss_scale
         self.params_0 = {k: v.detach().clone() for k, v in _trainable(model).items()}
         self.norms_0 = metrics.squared_norms(self.params_0)
-        self.layer_names = layer_weight_names(model)
+        self.layer_groups = parameter_layers(model)  # per layer: its weight and bias names
         self.kernels = (ProbeKernelTracker(model, data.x_probe, method=settings.ntk_method,
                                            memory_budget_bytes=settings.memory_budget_bytes,
                                            jac_change=settings.record_jac_change)
@@ -189,11 +180,13 @@ class _Checkpointer:
         return row, theta, None
 
     def _parameter_changes(self) -> dict:
-        """``param_change`` and ``param_change_layer{i}`` (weights of layer i) in one pass."""
+        """``param_change`` and ``param_change_layer{i}`` (the parameters of layer i of
+        :func:`ntk_lab.models.parameter_layers`, weight and bias together) in one pass."""
         dist = metrics.squared_distances(_trainable(self.model), self.params_0)
         row = {"param_change": metrics.relative_change(sum(dist.values()), sum(self.norms_0.values()))}
-        for i, name in enumerate(self.layer_names, start=1):
-            row[f"param_change_layer{i}"] = metrics.relative_change(dist[name], self.norms_0[name])
+        for i, names in enumerate(self.layer_groups, start=1):
+            row[f"param_change_layer{i}"] = metrics.relative_change(
+                sum(dist[n] for n in names), sum(self.norms_0[n] for n in names))
         return row
 
     def _kernel_metrics(self, theta: Tensor) -> dict:

@@ -28,6 +28,7 @@ from ntk_lab import build, preflight  # noqa: E402
 from ntk_lab.analysis import run_figures  # noqa: E402,F401  (part of the runtime)
 from ntk_lab.config import data_settings, validate  # noqa: E402
 from ntk_lab.data import make_dataset  # noqa: E402
+from ntk_lab.models import network_inputs  # noqa: E402
 from ntk_lab.run import _config_dir  # noqa: E402
 
 
@@ -40,13 +41,14 @@ def main(overrides: list[str]) -> dict:
     with initialize_config_dir(config_dir=_config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*overrides, "progress=false"])
     config = validate(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
-    data = make_dataset(config.data.name, **data_settings(config.data))
+    data = network_inputs(config.model.name, make_dataset(config.data.name, **data_settings(config.data)))
     dtype = build.DTYPES[config.precision]
+    sample = data.x_train[:1].to(dtype)
     shape = preflight.run_shape(
-        lambda dev: build.build_model(config, data, dtype, dev), data.x_train[:1].to(dtype),
+        lambda dev: build.build_model(config, data, dtype, dev), sample,
         itemsize=torch.finfo(dtype).bits // 8, n_train=len(data.x_train), n_test=len(data.x_test),
         n_probe=len(data.x_probe), batch=config.train.batch_size,
-        feature_bytes=lambda net: build._structured_feature_bytes(net, dtype))
+        feature_bytes=lambda net: build._structured_feature_bytes(net, sample))
     estimate = preflight.estimate_memory(shape, build.instrumentation(config), "cpu")
     # warm the runtime: a tiny run of the same kind, and a figure (not part of the estimate)
     with tempfile.TemporaryDirectory() as tmp:

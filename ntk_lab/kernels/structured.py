@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ntk_lab.kernels._common import chunk_size, chunks, empty_kernel
+from ntk_lab.layers.dense import Dense
 from ntk_lab.layers.factors import AffineFactors, affine_factors, has_factors
 from ntk_lab.models.inspect import parameter_layers
 
@@ -146,10 +147,19 @@ def capture_factors(model: nn.Module, x: Tensor, layers: list[StructuredLayer]) 
             continue
         parts = []
         for h, _ in calls[id(layer.module)]:
-            parts.append(affine_factors(layer.module, h, grads[i]))
+            parts.append(_trainable_only(affine_factors(layer.module, h, grads[i]), layer))
             i += 1
         result.append(_join_calls(parts) if parts else None)
     return result
+
+
+def _trainable_only(f: AffineFactors, layer: StructuredLayer) -> AffineFactors:
+    """A frozen weight contributes nothing (m_W = 0), a frozen bias neither (no bias)."""
+    if not layer.weight:
+        f.weight_multiplier = 0.0
+    if not layer.bias:
+        f.bias_multiplier, f.bias_name = None, None
+    return f
 
 
 def _output_sensitivities(f: Tensor, outputs: list[Tensor]) -> list[Tensor]:
@@ -182,29 +192,30 @@ def _join_calls(parts: list[AffineFactors]) -> AffineFactors:
 
 # --------------------------------------------------------------------------- one layer's kernel
 def affine_kernel(a: AffineFactors, b: AffineFactors, mode: str, budget_bytes: int, *, same: bool = False,
-                  weight: bool = True, bias: bool = True, form: str = "auto") -> Tensor:
+                  form: str = "auto") -> Tensor:
     """One affine layer's NTK between the samples of ``a`` and ``b``, in ``mode``.
 
     Args:
         a, b: factors on N1 and N2 samples (``same``: b is a, so J is formed once).
         mode: "trace" (N1, N2), "diagonal" (N1, N2, O) or "full" (N1, N2, O, O).
         budget_bytes: cap on the intermediates (explicit J blocks, Gram blocks).
-        weight, bias: which of the layer's parameters are trainable.
         form: "gram", "explicit" or "auto" (the cheaper by operation count; dense layers
             always use the Gram form).
     """
     n1, p, feat = a.u.shape
     n2 = b.u.shape[0]
     out, c = a.delta.shape[1], a.delta.shape[3]
-    m_w2 = a.weight_multiplier ** 2 if weight else 0.0
-    m_b2 = (a.bias_multiplier ** 2 if a.bias_multiplier is not None else 0.0) if bias else 0.0
+    m_w2 = a.weight_multiplier ** 2
+    m_b2 = a.bias_multiplier ** 2 if a.bias_multiplier is not None else 0.0
     if form not in ("auto", "gram", "explicit"):
         raise ValueError(f"unknown form {form!r}; known: auto, gram, explicit")
     if form == "auto":
         cheaper = _explicit_cost(n1, 0 if same else n2, p, feat, out, c) < _gram_cost(n1, n2, p, feat, out, c)
         form = "explicit" if p > 1 and cheaper else "gram"
     if form == "explicit":
-        return _explicit_kernel(a, b, mode, budget_bytes, same, m_b2, weight)
+        return _explicit_kernel(a, b, mode, budget_bytes, same, m_b2, m_w2 > 0.0)
+    if same and mode == "trace":
+        return _gram_symmetric_blocks(a, budget_bytes, m_w2, m_b2)
     return _gram_kernel(a, b, mode, budget_bytes, m_w2, m_b2)
 
 
@@ -232,6 +243,35 @@ def _gram_kernel(a: AffineFactors, b: AffineFactors, mode: str, budget: int, m_w
             dd = torch.einsum("apoc,bqkc->apobqk", d1, d2)
             result[s] = torch.einsum("apbq,apobqk->abok", coef, dd)
     return result
+
+
+SYMMETRIC_BLOCK = 512
+"""Rows per block when a layer's Θ(x, x) is assembled from its upper-triangular blocks. The
+Gram products cost N²·(F + O·C) multiply-adds per layer — at N = 4096 nearly all of a
+checkpoint — and the blocks on and above the diagonal are 1/2 + 1/(2·blocks) of them (56% at
+8 blocks). 512 rows keep each block's matmuls large enough to run at full speed."""
+
+
+def _gram_symmetric_blocks(a: AffineFactors, budget: int, m_w2: float, m_b2: float) -> Tensor:
+    """Trace-mode Gram form of Θ(x, x): the blocks on and above the diagonal, mirrored."""
+    n = a.u.shape[0]
+    if n < 2 * SYMMETRIC_BLOCK:
+        return _gram_kernel(a, a, "trace", budget, m_w2, m_b2)
+    blocks = [slice(i, min(i + SYMMETRIC_BLOCK, n)) for i in range(0, n, SYMMETRIC_BLOCK)]
+    theta = a.u.new_empty(n, n)
+    for i, rows in enumerate(blocks):
+        left = _rows(a, rows)
+        for cols in blocks[i:]:
+            block = _gram_kernel(left, left if cols == rows else _rows(a, cols), "trace", budget, m_w2, m_b2)
+            theta[rows, cols] = block
+            if cols != rows:
+                theta[cols, rows] = block.T
+    return theta
+
+
+def _rows(f: AffineFactors, rows: slice) -> AffineFactors:
+    return AffineFactors(f.u[rows], f.delta[rows], f.weight_multiplier, f.bias_multiplier,
+                         f.weight_name, f.bias_name)
 
 
 def _explicit_kernel(a: AffineFactors, b: AffineFactors, mode: str, budget: int, same: bool,
@@ -305,7 +345,7 @@ def structured_ntk_layers(
     layers = structured_layers(model)
     same = x2 is None
     x2 = x1 if same else x2
-    per_sample = _factor_bytes_per_sample(model, x1, layers)
+    per_sample = factor_bytes_per_sample(model, x1)
     # the factors of one chunk of x1 and one of x2 (one chunk when x2 is x1) in half the
     # budget; the other half for a layer's intermediates (J blocks, Gram blocks)
     size = chunk_size(per_sample * (1 if same else 2), budget_bytes // 2, max(len(x1), len(x2)))
@@ -322,8 +362,7 @@ def structured_ntk_layers(
             f2 = f1 if diagonal_block else capture_factors(model, x2[s2], layers)
             for i, (layer, a, b) in enumerate(zip(layers, f1, f2)):
                 if layer.module is not None:
-                    result[i, s1, s2] = affine_kernel(a, b, mode, budget_bytes // 2, same=diagonal_block,
-                                                      weight=layer.weight, bias=layer.bias)
+                    result[i, s1, s2] = affine_kernel(a, b, mode, budget_bytes // 2, same=diagonal_block)
     general = [i for i, layer in enumerate(layers) if layer.module is None]
     if general:
         for i in general:
@@ -359,10 +398,63 @@ def _out_dim(model: nn.Module, x: Tensor) -> int:
         return model(x[:1]).shape[-1]
 
 
-def _factor_bytes_per_sample(model: nn.Module, x: Tensor, layers: list[StructuredLayer]) -> int:
-    factors = capture_factors(model, x[:1], layers)
-    return sum(f.u.numel() * f.u.element_size() + f.delta.numel() * f.delta.element_size()
-               for f in factors if f is not None) or 1
+def factor_bytes_per_sample(model: nn.Module, x: Tensor) -> int:
+    """Bytes of the structured factors (u and δ of every known layer) of one sample, from one
+    forward pass on x[:1] with shape-reading hooks (no backward: works on the ``meta`` device
+    for the memory preflight). u: P·F elements (the layer's input, or P patches of F = C_in·∏k),
+    δ: O·P·C (O outputs times the layer's output)."""
+    layers = [l for l in structured_layers(model) if l.module is not None]
+    sizes: list[int] = []
+
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+        out_per_sample = output[:1].numel()
+        if isinstance(module, (nn.Linear, Dense)):
+            u = args[0][:1].numel()
+        else:  # a convolution: one patch of C_in·∏k per output position
+            u = (out_per_sample // output.shape[1]) * module.weight[0].numel()
+        sizes.append(u + out_dim[0] * out_per_sample)
+
+    out_dim = [1]
+    with torch.no_grad():
+        out_dim[0] = model(x[:1]).shape[-1]
+        handles = [l.module.register_forward_hook(hook) for l in layers]
+        try:
+            model(x[:1])
+        finally:
+            for h in handles:
+                h.remove()
+    return max(1, sum(sizes)) * x.element_size()
+
+
+def model_factors(model: nn.Module, x: Tensor) -> list[Optional[AffineFactors]]:
+    """The factors of every parameterized layer of ``model`` on x (None for unknown layers)."""
+    return capture_factors(model, x, structured_layers(model))
+
+
+def kernel_from_factors(f1: list[Optional[AffineFactors]], f2: list[Optional[AffineFactors]], mode: str,
+                        budget_bytes: int = 1 << 30, *, same: bool = False) -> Tensor:
+    """Σ over the known layers of their NTK between the samples of f1 and f2, in ``mode``."""
+    total = None
+    for a, b in zip(f1, f2):
+        if a is None:
+            continue
+        term = affine_kernel(a, b, mode, budget_bytes, same=same)
+        total = term if total is None else total + term
+    return total
+
+
+def fully_structured(model: nn.Module) -> bool:
+    """Whether every parameterized layer of ``model`` has structured factors."""
+    layers = structured_layers(model)
+    return bool(layers) and all(l.module is not None for l in layers)
+
+
+# names of the MLP-only version, kept for callers: the factors are the generic ones now
+mlp_features = model_factors
+
+
+def kernel_from_features(f1: list, f2: list, mode: str) -> Tensor:
+    return kernel_from_factors(f1, f2, mode)
 
 
 # --------------------------------------------------------------------------- Jacobian change
@@ -380,7 +472,7 @@ def structured_jacobian_sq_distance(
     """
     layers_a = structured_layers(model_a)
     layers_b = _mirror_layers(model_b, layers_a)
-    per_sample = 2 * _factor_bytes_per_sample(model_a, x, layers_a) * 2
+    per_sample = 2 * factor_bytes_per_sample(model_a, x) * 2
     size = chunk_size(per_sample, budget_bytes, len(x))
     dist, norm_b = 0.0, 0.0
     for s in chunks(len(x), size):
@@ -389,10 +481,8 @@ def structured_jacobian_sq_distance(
         for layer, a, b in zip(layers_a, fa, fb):
             if layer.module is None:
                 continue
-            inner = {k: _sample_inner(*pair, layer) for k, pair in
-                     (("aa", (a, a)), ("bb", (b, b)), ("ab", (a, b)))}
-            dist += inner["aa"] + inner["bb"] - 2 * inner["ab"]
-            norm_b += inner["bb"]
+            d, n = jacobian_sq_distance_from_factors([a], [b])
+            dist, norm_b = dist + d, norm_b + n
     general = [l.names for l in layers_a if l.module is None]
     if general:
         names = [n for group in general for n in group]
@@ -420,12 +510,28 @@ def _mirror_layers(model_b: nn.Module, layers_a: list[StructuredLayer]) -> list[
     return mirrored
 
 
-def _sample_inner(a: AffineFactors, b: AffineFactors, layer: StructuredLayer) -> float:
+def jacobian_sq_distance_from_factors(
+    factors_a: list[Optional[AffineFactors]], factors_b: list[Optional[AffineFactors]]
+) -> tuple[float, float]:
+    """(‖J_a − J_b‖²_F, ‖J_b‖²_F) over the known layers, on the samples both factor lists
+    were captured on: ‖J_a‖² + ‖J_b‖² − 2⟨J_a, J_b⟩ from per-sample inner products, in
+    float64. May be slightly negative from round-off; callers clamp."""
+    dist, norm_b = 0.0, 0.0
+    for a, b in zip(factors_a, factors_b):
+        if a is None:
+            continue
+        aa, bb, ab = _sample_inner(a, a), _sample_inner(b, b), _sample_inner(a, b)
+        dist += aa + bb - 2 * ab
+        norm_b += bb
+    return dist, norm_b
+
+
+def _sample_inner(a: AffineFactors, b: AffineFactors) -> float:
     """Σ_n Σ_o ⟨J_a(x_n)_o, J_b(x_n)_o⟩ for one layer, in float64."""
     ua, ub = a.u.double(), b.u.double()
     da, db = a.delta.double(), b.delta.double()  # (N, O, P, C)
-    m_w2 = a.weight_multiplier ** 2 if layer.weight else 0.0
-    m_b2 = (a.bias_multiplier ** 2 if a.bias_multiplier is not None else 0.0) if layer.bias else 0.0
+    m_w2 = a.weight_multiplier ** 2
+    m_b2 = a.bias_multiplier ** 2 if a.bias_multiplier is not None else 0.0
     if ua.shape[1] == 1:  # dense: the classic expansion
         hh = (ua[:, 0] * ub[:, 0]).sum(-1)
         dd = (da[:, :, 0] * db[:, :, 0]).sum((-1, -2))
@@ -435,5 +541,7 @@ def _sample_inner(a: AffineFactors, b: AffineFactors, layer: StructuredLayer) ->
     return ((m_w2 * gu + m_b2) * gd).sum().item()
 
 
-__all__ = ["StructuredLayer", "affine_kernel", "capture_factors", "contract", "forward_cost", "structured_cost",
-           "structured_jacobian_sq_distance", "structured_layers", "structured_ntk_layers"]
+__all__ = ["SYMMETRIC_BLOCK", "StructuredLayer", "affine_kernel", "capture_factors", "contract",
+           "factor_bytes_per_sample", "forward_cost", "fully_structured", "jacobian_sq_distance_from_factors",
+           "kernel_from_factors", "model_factors", "structured_cost", "structured_jacobian_sq_distance",
+           "structured_layers", "structured_ntk_layers"]

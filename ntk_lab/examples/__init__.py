@@ -1,0 +1,1 @@
+"""Worked examples: ``custom_net`` is the module behind ``model=custom`` (README)."""

@@ -1,0 +1,117 @@
+"""Build any network of ``model=mlp|cnn|resmlp|custom`` from plain settings (what build.py
+calls; only run.py reads the Hydra config)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ntk_lab.models.cnn import CNN
+from ntk_lab.models.custom import CustomModuleError, build_custom
+from ntk_lab.models.mlp import MLP
+from ntk_lab.models.resmlp import ResMLP
+
+MODELS = ("mlp", "cnn", "resmlp", "custom")
+
+
+@dataclass
+class NetworkSpec:
+    """Plain settings of one network (the validated ``model`` config group).
+
+    Attributes: as the config keys of DESIGN.md / README (``name`` is the group choice);
+    ``extra`` holds a custom module's additional keys.
+    """
+
+    name: str
+    width: int
+    depth: int
+    activation: Optional[str] = "relu"
+    parameterization: Optional[str] = "ntk"
+    w_std: Optional[float] = 1.0
+    b_std: Optional[float] = 0.0
+    kernel_size: int = 3
+    padding: str = "same"
+    readout: str = "gap"
+    branch_scale: float = 1.0
+    target: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+
+def needs_images(name: str) -> bool:
+    """Whether the network takes (N, C, H, W) images (a CNN); custom modules take images when
+    the data has an image shape, vectors otherwise."""
+    return name == "cnn"
+
+
+def build_network(spec: NetworkSpec, in_shape: Sequence[int], out_dim: int, *, seed: Optional[int],
+                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> nn.Module:
+    """The network ``spec`` describes, for inputs of shape ``in_shape`` (one sample).
+
+    Raises:
+        ValueError: a CNN on vector inputs; CustomModuleError (a ValueError) for a custom
+            module that cannot be imported, called, or is not a Module.
+    """
+    if spec.name not in MODELS:
+        raise ValueError(f"model={spec.name!r} is invalid: allowed: {', '.join(MODELS)}")
+    in_shape = tuple(in_shape)
+    if spec.name == "mlp":
+        return MLP(math.prod(in_shape), spec.width, spec.depth, out_dim, spec.activation,
+                   spec.parameterization, spec.w_std, spec.b_std, seed=seed, dtype=dtype, device=device)
+    if spec.name == "resmlp":
+        return ResMLP(math.prod(in_shape), spec.width, spec.depth, out_dim, spec.activation,
+                      spec.parameterization, spec.w_std, spec.b_std, spec.branch_scale, seed=seed,
+                      dtype=dtype, device=device)
+    if spec.name == "cnn":
+        if len(in_shape) != 3:
+            raise ValueError(f"model=cnn needs image data (C, H, W); these inputs are vectors of shape "
+                             f"{in_shape} (use e.g. data=digits)")
+        return CNN(in_shape[0], spec.width, spec.depth, out_dim, spec.activation, spec.parameterization,
+                   spec.w_std, spec.b_std, spec.kernel_size, spec.padding, spec.readout, seed,
+                   spatial_shape=in_shape[1:], dtype=dtype, device=device)
+    if not spec.target:
+        raise CustomModuleError("model.target must be set for model=custom (package.module:callable)")
+    if seed is not None:
+        torch.manual_seed(seed)  # for builders that draw from the global generator
+    model = build_custom(spec.target, width=spec.width, depth=spec.depth, in_shape=in_shape,
+                         out_dim=out_dim, seed=seed, extra=spec.extra)
+    return model.to(dtype=dtype, device=device)
+
+
+NO_LIMIT_REASON = ("model=custom: a user's module has no known infinite-width limit, so Θ_∞ is NaN "
+                   "and the metrics built on it (ntk_err_inf; inf_gap, test_loss_inf, "
+                   "test_loss_kernel_regression with lazy.infinite_width) are NaN or not recorded")
+
+
+def network_inputs(name: str, data):
+    """The data set as the network takes it: (N, C, H, W) images for a CNN (a one-line
+    DataError on vector data) and for a custom module when the data has an image shape;
+    flat rows otherwise. ``data``: an :class:`ntk_lab.data.Dataset`."""
+    if name == "cnn" or (name == "custom" and data.image_shape is not None):
+        return data.as_images()
+    return data
+
+
+def infinite_width_of(spec: NetworkSpec, x1: torch.Tensor, x2: Optional[torch.Tensor] = None):
+    """(NNGP_∞, Θ_∞) float64 of the network ``spec`` describes between x1 and x2, or None for
+    a custom module (no known limit: :data:`NO_LIMIT_REASON`).
+
+    The MLP uses the keyword form of :func:`ntk_lab.kernels.infinite_width_kernels`; CNN and
+    ResMLP are built on the ``meta`` device (no storage: their kernel maps need only the
+    layers' coefficients) and their maps composed.
+    """
+    from ntk_lab.kernels.analytic import infinite_width_kernels  # kernels build on models
+
+    if spec.name == "custom":
+        return None
+    if spec.name == "mlp":
+        return infinite_width_kernels(x1, x2, activation=spec.activation, depth=spec.depth,
+                                      w_std=spec.w_std, b_std=spec.b_std,
+                                      parameterization=spec.parameterization, width=spec.width)
+    meta = torch.device("meta")
+    with meta:
+        net = build_network(spec, tuple(x1.shape[1:]), 1, seed=None, dtype=torch.float64, device=meta)
+    return infinite_width_kernels(x1, x2, model=net)
