@@ -1,8 +1,8 @@
 """A worked example of ``model=custom``: a small conv net written in plain ``torch.nn``.
 
-    python -m ntk_lab.run model=custom data=digits +width=64 +depth=2
+    python -m ntk_lab.run model=custom data=digits lr=0.1 +width=64 +depth=2
     python -m ntk_lab.run model=custom model.target=ntk_lab.examples.custom_net:build \\
-        model.kernel_size=5 data=digits +width=32
+        +model.kernel_size=5 data=digits lr=0.1 +width=32
 
 Your own module works the same way: put a file ``my_nets.py`` in the folder you run from (or
 in an installed package) with a function taking these arguments, and pass
@@ -31,7 +31,7 @@ def build(width: int, depth: int, in_shape: Sequence[int], out_dim: int, seed: O
 
     Args:
         width, depth, in_shape, out_dim, seed: what ntk_lab passes to every custom module.
-        kernel_size, groups: extra ``model.*`` keys of this example (configs/model/custom.yaml).
+        kernel_size, groups: this example's own knobs (``+model.kernel_size=5``).
 
     Returns:
         A module mapping (N, *in_shape) to (N, out_dim), samples independent (GroupNorm
