@@ -511,19 +511,26 @@ def _mirror_layers(model_b: nn.Module, layers_a: list[StructuredLayer]) -> list[
 
 
 def jacobian_sq_distance_from_factors(
-    factors_a: list[Optional[AffineFactors]], factors_b: list[Optional[AffineFactors]]
+    factors_a: list[Optional[AffineFactors]], factors_b: list[Optional[AffineFactors]],
+    norms_b: Optional[list[float]] = None,
 ) -> tuple[float, float]:
     """(‖J_a − J_b‖²_F, ‖J_b‖²_F) over the known layers, on the samples both factor lists
     were captured on: ‖J_a‖² + ‖J_b‖² − 2⟨J_a, J_b⟩ from per-sample inner products, in
-    float64. May be slightly negative from round-off; callers clamp."""
+    float64. ``norms_b``: the per-layer ‖J_b‖² of :func:`jacobian_sq_norms` when already known
+    (a tracker's fixed θ_0). May be slightly negative from round-off; callers clamp."""
+    norms_b = jacobian_sq_norms(factors_b) if norms_b is None else norms_b
     dist, norm_b = 0.0, 0.0
-    for a, b in zip(factors_a, factors_b):
+    for a, b, bb in zip(factors_a, factors_b, norms_b):
         if a is None:
             continue
-        aa, bb, ab = _sample_inner(a, a), _sample_inner(b, b), _sample_inner(a, b)
-        dist += aa + bb - 2 * ab
+        dist += _sample_inner(a, a) + bb - 2 * _sample_inner(a, b)
         norm_b += bb
     return dist, norm_b
+
+
+def jacobian_sq_norms(factors: list[Optional[AffineFactors]]) -> list[float]:
+    """Per layer ‖J‖²_F (float64) on the captured samples; 0 for unknown layers."""
+    return [0.0 if f is None else _sample_inner(f, f) for f in factors]
 
 
 def _sample_inner(a: AffineFactors, b: AffineFactors) -> float:
@@ -543,5 +550,6 @@ def _sample_inner(a: AffineFactors, b: AffineFactors) -> float:
 
 __all__ = ["SYMMETRIC_BLOCK", "StructuredLayer", "affine_kernel", "capture_factors", "contract",
            "factor_bytes_per_sample", "forward_cost", "fully_structured", "jacobian_sq_distance_from_factors",
+           "jacobian_sq_norms",
            "kernel_from_factors", "model_factors", "structured_cost", "structured_jacobian_sq_distance",
            "structured_layers", "structured_ntk_layers"]

@@ -28,7 +28,7 @@ from ntk_lab.kernels._common import DEFAULT_MEMORY_BUDGET_BYTES, full_fp32_preci
 from ntk_lab.kernels.empirical import empirical_ntk, jacobian_change, resolve_method
 from ntk_lab.kernels.structured import (
     AffineFactors, factor_bytes_per_sample, fully_structured, jacobian_sq_distance_from_factors,
-    kernel_from_factors, model_factors,
+    jacobian_sq_norms, kernel_from_factors, model_factors,
 )
 
 
@@ -95,8 +95,9 @@ class ProbeKernelTracker:
                 return theta, None
             if first:
                 self.features_0 = feats
+                self.norms_0 = jacobian_sq_norms(feats)  # ‖J_0‖² per layer, once
                 return theta, 0.0
-            dist2, norm2 = jacobian_sq_distance_from_factors(feats, self.features_0)
+            dist2, norm2 = jacobian_sq_distance_from_factors(feats, self.features_0, self.norms_0)
         return theta, (max(dist2, 0.0) / norm2) ** 0.5 if norm2 > 0 else float("nan")
 
 
