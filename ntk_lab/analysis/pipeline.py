@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ntk_lab.analysis.collect import Sweep, collect_sweep
+from ntk_lab.analysis.depth_plots import plot_kernel_gaps_vs_depth_over_width
 from ntk_lab.analysis.fit import FitTable, fit_sweep
 from ntk_lab.analysis.kernel_plots import plot_jacot_fig1
 from ntk_lab.analysis.lazy_plots import plot_lazy_gaps_vs_width, plot_lee2019_training_curves
@@ -103,6 +104,12 @@ FIGURES = (
         "∝ n^(−1/2) dashed; Liu, Zhu & Belkin 2020), while under mup they do not (feature "
         "learning).",
         "final lin_gap, inf_gap or kappa_hessian for ≥ 2 widths (lazy=full)"),
+    FigureSpec(
+        "kernel_gaps_vs_depth_over_width.png", plot_kernel_gaps_vs_depth_over_width,
+        "Distance of Θ_0 to Θ_∞ at init and final kernel drift vs depth/width, one colour per "
+        "model, one marker per width. Theory (Hanin & Nica 2019): at finite width both grow "
+        "with depth/width; scaled-down residual branches keep them smaller at equal depth.",
+        "≥ 2 depths"),
 )
 
 
