@@ -193,3 +193,20 @@ def test_sample_mixing_detection_on_modules():
         check_sample_independence(nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=0)), x, "t")
     with pytest.raises(CustomModuleError, match=r"returns \(2, 3\)"):
         check_output_shape(independent, x, 2, "t")
+
+
+# --------------------------------------------------------------------------- analysis
+def test_kernel_gaps_vs_depth_over_width_figure(tmp_path):
+    """The resmlp_depth figure is drawn for a sweep over model × depth × width and only then."""
+    from ntk_lab.analysis import collect_sweep, fit_sweep
+    from ntk_lab.analysis.depth_plots import plot_kernel_gaps_vs_depth_over_width
+    from tests.test_analysis import metric_rows, summary_for, write_multirun
+
+    jobs = [(summary_for(w, d, s, model=m), metric_rows(w, d, s), None)
+            for m in ("mlp", "resmlp") for d in (1, 2) for w in (64, 256) for s in (0, 1)]
+    sweep = collect_sweep(write_multirun(tmp_path / "sweep", jobs))
+    assert "model" in sweep.group_keys
+    assert plot_kernel_gaps_vs_depth_over_width(sweep, fit_sweep(sweep), tmp_path / "gaps.png")
+    assert (tmp_path / "gaps.png").stat().st_size > 10_000
+    one_depth = collect_sweep(write_multirun(tmp_path / "one", [j for j in jobs if j[0]["depth"] == 1]))
+    assert not plot_kernel_gaps_vs_depth_over_width(one_depth, fit_sweep(one_depth), tmp_path / "no.png")

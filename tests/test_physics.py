@@ -44,3 +44,12 @@ def test_lazy_vs_rich_kernel_freezes_under_ntk_and_keeps_moving_under_mup(workdi
     fits = run_preset(workdir, "lazy_vs_rich")
     assert fit(fits, "kappa", parameterization="ntk")["slope"] <= -0.4
     assert fit(fits, "kappa", parameterization="mup")["slope"] >= -0.2
+
+
+def test_cnn_width_sweep_cpu_ntk_err_inf_falls_like_inverse_sqrt_channels_and_kappa_falls(workdir):
+    """Issue 10's targets for the conv net: the same laws with channels as width."""
+    fits = run_preset(workdir, "cnn_width_sweep_cpu")
+    err = fit(fits, "ntk_err_inf")
+    assert -0.65 <= err["slope"] <= -0.35
+    kappa = fit(fits, "kappa")
+    assert kappa["slope"] < 0 and kappa["ci_high"] < 0
