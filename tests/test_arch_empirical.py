@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 
 import pytest
 import torch
@@ -241,3 +242,20 @@ def test_auto_picks_structured_for_a_wide_cnn_and_a_general_method_without_known
             return (x @ self.a) ** 2
 
     assert resolve_method(Quadratic(), torch.randn(3, 4), None, "auto") in ("jacrev", "ntvp")
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: CNN(2, 32, 2, 2, "relu", p, 1.2, 0.3, seed=5, dtype=F64),
+    lambda p: CNN(2, 32, 2, 2, "relu", p, 1.2, 0.3, readout="flatten", spatial_shape=(5, 4), seed=5, dtype=F64),
+    lambda p: ResMLP(3, 64, 2, 2, "relu", p, 1.2, 0.3, 0.5, seed=5, dtype=F64),
+])
+def test_mup_at_init_is_the_ntk_network_with_its_output_divided_by_sqrt_width(make):
+    """Channels count as width: with the same draws, f_μP = f_NTK/√n and Θ_μP = Θ_NTK, so the
+    μP conv and residual nets share the ntk nets' Θ_∞ (ntk_lab.layers.scales)."""
+    ntk, mup = make("ntk"), make("mup")
+    x = images(4, 1) if isinstance(ntk, CNN) else vectors(4, 1)
+    # draws are float32 scaled before the cast: agreement to float32 rounding, ~1e-7
+    rtol = 1e-5
+    with torch.no_grad():
+        assert torch.allclose(mup(x), ntk(x) / math.sqrt(ntk.width), rtol=rtol, atol=0)
+    assert torch.allclose(empirical_ntk(mup, x, mode="full"), empirical_ntk(ntk, x, mode="full"), rtol=rtol, atol=0)
