@@ -62,8 +62,28 @@ def config_for(overrides: list[str]):
 
 # --------------------------------------------------------------------------- end to end
 def test_the_three_networks_and_the_example_custom_module_run_end_to_end(workdir):
-    """One sweep over model=mlp,cnn,resmlp,custom on digits (images for the CNN and the custom
-    module), every lazy metric on, ending with the sweep's analysis."""
+    """One sweep over model=cnn,resmlp,custom on digits (images for the CNN and the custom
+    module), in a subprocess as a user runs it (the MLP's own end-to-end tests are in
+    test_configs.py; the slow variant below adds it, lazy=full and the sweep's analysis)."""
+    result = run_cli(["-m", "model=cnn,resmlp,custom", "lr=0.1", "analyze=false", *TINY_DIGITS], workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = next((workdir / "outputs" / "multirun").glob("*/*"))
+    seen = set()
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()):
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["status"] == "ok", summary["message"]
+        seen.add(summary["model"])
+        metrics = pd.read_csv(job / "metrics.csv")
+        for column in ("kappa", "jac_change", "param_change", "param_change_layer1"):
+            assert metrics[column].notna().all(), (summary["model"], column)
+        assert metrics["ntk_err_inf"].isna().all() == (summary["model"] == "custom")
+    assert seen == {"cnn", "resmlp", "custom"}
+
+
+@pytest.mark.slow
+def test_every_network_with_every_metric_and_the_analysis(workdir):
+    """One sweep over model=mlp,cnn,resmlp,custom on digits, every lazy metric on, ending with
+    the sweep's analysis."""
     lazy = ["lazy=full", "lazy.hessian_iters=3", "lazy.hessian_points=2"]
     result = run_cli(["-m", "model=mlp,cnn,resmlp,custom", *lazy, "lr=0.1", *TINY_DIGITS], workdir)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -159,7 +179,7 @@ def test_bad_networks_are_one_line_errors(user_modules, tmp_path, overrides, err
 
 
 @pytest.mark.parametrize("args,message", [
-    (["model=cnn"], "the circle data are vectors, not images"),
+    pytest.param(["model=cnn"], "the circle data are vectors, not images", marks=pytest.mark.slow),
     (["model=custom", "model.target=nowhere:build"], "model.target='nowhere:build' cannot be imported"),
 ])
 def test_cli_prints_one_line_and_exits_2(workdir, args, message):
