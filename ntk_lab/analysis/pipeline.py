@@ -1,4 +1,5 @@
-"""The analysis stage end to end: collect runs → runs.csv → fits.csv → figures → report.md.
+"""The analysis stage end to end: collect runs → runs.csv → fits.csv → figures → report.md
+and report.html.
 
 :func:`analyze_sweep` is what ``python -m ntk_lab.analyze DIR`` and the Hydra callback at the
 end of a multirun call. A damaged run folder never stops it: ``collect`` marks the run
@@ -22,6 +23,7 @@ from ntk_lab.analysis.plots import (
     plot_ntk_err_inf_vs_width, plot_param_change_layers_vs_width,
 )
 from ntk_lab.analysis.report import ReportFigure, write_report
+from ntk_lab.analysis.report_html import write_html_report
 from ntk_lab.records import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ ANALYSIS_DIR = "analysis"
 RUNS_FILE = "runs.csv"
 FITS_FILE = "fits.csv"
 REPORT_FILE = "report.md"
+HTML_REPORT_FILE = "report.html"
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,8 @@ def analyze_sweep(root: Path, out_dir: Path | None = None) -> Path:
     """Analyse every run folder under ``root`` and write the analysis folder.
 
     Writes ``runs.csv`` (one row per run × checkpoint), ``fits.csv`` (scaling exponents with
-    confidence intervals), the figures the data supports and ``report.md``.
+    confidence intervals), the figures the data supports, ``report.md`` and the
+    self-contained ``report.html`` (figures embedded).
 
     Args:
         root: a multirun folder, a single run folder, or any folder holding run folders.
@@ -133,6 +137,7 @@ def analyze_sweep(root: Path, out_dir: Path | None = None) -> Path:
     atomic_write_text(out_dir / FITS_FILE, fits.table.to_csv(index=False))
     drawn, not_drawn, notes = draw_figures(sweep, fits, out_dir)
     write_report(sweep, fits, drawn, not_drawn, notes, out_dir / REPORT_FILE)
+    write_html_report(sweep, fits, drawn, not_drawn, notes, out_dir / HTML_REPORT_FILE)
     log.info("analysis of %d run folders written to %s", len(sweep.records), out_dir)
     return out_dir
 
