@@ -22,6 +22,7 @@ from ntk_lab.data import Dataset, make_dataset
 from ntk_lab.kernels.analytic import infinite_width_kernels
 from ntk_lab.kernels.regression import GradientFlowPredictor
 from ntk_lab.kernels.structured import feature_bytes_per_sample
+from ntk_lab.loggers import NullLogger, RunLogger
 from ntk_lab.models import MLP, ScaledOutput, unwrap_mlp
 from ntk_lab.records import STATUS_FAILED, STATUS_RUNNING, RunRecorder, write_summary
 from ntk_lab.storage import StoragePlan, plan_storage
@@ -164,8 +165,12 @@ def _summary(config: RunConfig, status: str, message: str, started: float, **ext
 def run_experiment(
     config: RunConfig, run_dir: Path, *, stop_requested: Callable[[], bool] = lambda: False,
     started: Optional[float] = None, job_num: Optional[int] = None,
+    logger: Optional[RunLogger] = None,
 ) -> TrainOutcome:
     """Train one network as ``config`` says and write its run folder (DESIGN.md §5).
+
+    ``logger`` (:mod:`ntk_lab.loggers`) gets the settings, every checkpoint row and, at the
+    end, the summary and figures; the run folder is written the same with or without it.
 
     Raises:
         ConfigError: settings the data cannot satisfy, or a run whose estimated memory does
@@ -195,8 +200,9 @@ def run_experiment(
     if not kernels_on:
         notes["kernels"] = "off (ntk.enabled=false): no empirical NTK, no Θ_∞ and no metric built on them"
     write_summary(run_dir, _summary(config, STATUS_RUNNING, "", started, **notes))
+    logger = logger or NullLogger()
 
-    recorder = RunRecorder(run_dir, static, plan)
+    recorder = RunRecorder(run_dir, static, plan, on_row=logger.log_row)
     settings = TrainSettings(
         steps=config.train.steps, lr=config.train.lr, batch_size=config.train.batch_size,
         checkpoints=config.ntk.checkpoints, ntk_method=config.ntk.method,
@@ -211,14 +217,22 @@ def run_experiment(
     theta_inf = static["theta_inf"].to(device) if kernels_on else None
     infinite = (infinite_width_predictor(config, data)
                 if config.lazy.infinite_width and kernels_on else None)
-    outcome = train(model, data, settings, recorder, theta_inf=theta_inf,
-                    loss_scale=1.0 / config.model.output_scale**2, infinite=infinite,
-                    stop_requested=stop_requested)
-    final = outcome.rows[-1] if outcome.rows else {}
-    recorder.finish(_summary(config, outcome.status, outcome.message, started,
-                             diverged_step=outcome.diverged_step, last_step=outcome.last_step,
-                             final=final, **notes))
-    _draw_run_figures(run_dir)
+    logger.start(config.flat())
+    try:
+        outcome = train(model, data, settings, recorder, theta_inf=theta_inf,
+                        loss_scale=1.0 / config.model.output_scale**2, infinite=infinite,
+                        stop_requested=stop_requested)
+        final = outcome.rows[-1] if outcome.rows else {}
+        summary = _summary(config, outcome.status, outcome.message, started,
+                           diverged_step=outcome.diverged_step, last_step=outcome.last_step,
+                           final=final, **notes)
+        recorder.finish(summary)
+        _draw_run_figures(run_dir)
+    except BaseException as err:  # the tracker's run ends as failed too; run.py records it
+        logger.finish({"status": STATUS_FAILED, "message": f"{type(err).__name__}: {err}"},
+                      run_dir)
+        raise
+    logger.finish(summary, run_dir)
     return outcome
 
 

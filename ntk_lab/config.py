@@ -11,13 +11,14 @@ config files before Hydra composes, so a typo also gets one line.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from ntk_lab.activations import ACTIVATIONS
 from ntk_lab.data import DATASETS
 from ntk_lab.kernels.empirical import METHODS
+from ntk_lab.loggers import LOGGERS, logger_unavailable
 from ntk_lab.models import PARAMETERIZATIONS
 from ntk_lab.storage import DEFAULT_STORE_MAX_MB, STORE_DTYPES, STORE_LEVELS
 
@@ -83,6 +84,13 @@ class LazyConfig:
 
 
 @dataclass
+class LoggerConfig:
+    name: str  # none | tensorboard | mlflow (ntk_lab.loggers)
+    tracking_uri: Optional[str] = None  # mlflow: a folder or an MLflow URI; None: ./outputs/mlflow
+    experiment_name: Optional[str] = None  # mlflow: None = the sweep folder's path
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig
     data: DataConfig
@@ -93,6 +101,7 @@ class RunConfig:
     device: str
     resume: bool
     progress: bool
+    logger: LoggerConfig = field(default_factory=lambda: LoggerConfig("none"))
 
     def flat(self) -> dict[str, Any]:
         """The resolved values summary.json records (DESIGN.md §5 names)."""
@@ -237,12 +246,40 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
         hessian_iters=_int("lazy.hessian_iters", g(lazy, "lazy", "hessian_iters", 30), 1),
     )
     return RunConfig(
-        model=m, data=d, train=t, ntk=k, lazy=z,
+        model=m, data=d, train=t, ntk=k, lazy=z, logger=logger_config(cfg.get("logger") or {}),
         precision=_choice("precision", cfg.get("precision", "float32"), PRECISIONS),
         device=_device(cfg.get("device", "auto")),
         resume=_bool("resume", cfg.get("resume", False)),
         progress=_bool("progress", cfg.get("progress", True)),
     )
+
+
+def logger_config(section: Mapping[str, Any]) -> LoggerConfig:
+    """The ``logger`` group (a plain dict); a tracker whose package is missing is refused
+    here, in one line naming the pip extra, before any job starts.
+
+    Raises:
+        ConfigError: an invalid value or a missing package.
+    """
+    config = LoggerConfig(
+        name=_choice("logger", section.get("name", "none"), LOGGERS),
+        tracking_uri=_optional_text("logger.tracking_uri", section.get("tracking_uri"),
+                                    "a folder or an MLflow tracking URI, or null"),
+        experiment_name=_optional_text("logger.experiment_name",
+                                       section.get("experiment_name"), "a name, or null"),
+    )
+    problem = logger_unavailable(config.name)
+    if problem:
+        raise ConfigError(problem)
+    return config
+
+
+def _optional_text(key: str, value: Any, allowed: str) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(key, value, f"must be {allowed}")
+    return value
 
 
 def data_settings(d: DataConfig) -> dict[str, Any]:
@@ -262,7 +299,7 @@ def data_settings(d: DataConfig) -> dict[str, Any]:
 
 # Config groups whose option a user picks on the command line (`data=digits`); an unknown option
 # is reported here in one line, before Hydra would print a multi-line composition error.
-_USER_GROUPS = ("model", "data", "train", "ntk", "lazy", "experiment")
+_USER_GROUPS = ("model", "data", "train", "ntk", "lazy", "logger", "experiment")
 
 
 def _yaml_keys(path: Path) -> set[str]:

@@ -22,7 +22,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
@@ -232,8 +232,10 @@ class RunRecorder:
     _LIMITS = ("theta_inf", "nngp_inf")
 
     def __init__(self, run_dir: Path, static_kernels: Optional[Mapping[str, Any]] = None,
-                 plan: Optional[StoragePlan] = None):
+                 plan: Optional[StoragePlan] = None,
+                 on_row: Optional[Callable[[Mapping[str, Any]], None]] = None):
         self.run_dir = Path(run_dir)
+        self.on_row = on_row  # e.g. an experiment tracker's log_row, after metrics.csv is written
         self.rows: list[dict] = []
         self.checkpoint_steps: list[int] = []
         self.steps: list[int] = []
@@ -256,6 +258,8 @@ class RunRecorder:
             self.thetas.append(kept)
             self.steps.append(int(row["step"]))
         write_metrics(self.run_dir, self.rows)
+        if self.on_row is not None:
+            self.on_row(row)
 
     def kernels(self) -> dict[str, Any]:
         payload = {k: (self.plan.cast_limit(v) if k in self._LIMITS else v)

@@ -34,7 +34,7 @@ def test_default_config_composes_and_validates():
     assert config.train.steps == 200 and config.data.name == "circle"
 
 
-@pytest.mark.parametrize("group", ["model", "data", "train", "ntk"])
+@pytest.mark.parametrize("group", ["model", "data", "train", "ntk", "logger"])
 def test_every_option_of_every_group_composes(group):
     for option in group_options(group):
         extra = ["data.path=x.npz"] if (group, option) == ("data", "file") else []
