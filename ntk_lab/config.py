@@ -334,6 +334,67 @@ def check_overrides(argv: list[str], config_dir: Path) -> Optional[str]:
             known = set().union(*(_yaml_keys(p) for p in (config_dir / group).glob("*.yaml")))
             if sub not in known:
                 return f"{key} is not a setting; {group} has: {', '.join(sorted(known))}"
+            problem = None if arg.startswith("+") else _key_of_another_option(
+                group, sub, argv, config_dir)  # `+group.key=` adds a key on purpose
+            if problem:
+                return problem
         elif not sub and group not in top_level:
             return f"{key} is not a setting; top-level keys: {', '.join(sorted(top_level))}"
     return None
+
+
+def _key_of_another_option(group: str, key: str, argv: list[str], config_dir: Path) -> Optional[str]:
+    """The error for ``group.key`` when the group's chosen option lacks ``key`` (it belongs to
+    another option: ``logger.tracking_uri`` without ``logger=mlflow``), else None.
+
+    The chosen option is the command line's ``group=option``, else the chosen preset's
+    ``override /group: option``, else config.yaml's default; a swept option is not checked.
+    """
+    chosen = _chosen_options(argv, config_dir)
+    option = chosen.get(group)
+    path = config_dir / group / f"{option}.yaml"
+    if not option or not path.is_file() or key in _yaml_keys(path):
+        return None
+    # config.yaml or the preset (both `_global_`) may set the key under the group themselves
+    for extra in (config_dir / "config.yaml",
+                  config_dir / "experiment" / f"{chosen.get('experiment')}.yaml"):
+        if extra.is_file() and key in _group_section(extra, group):
+            return None
+    owners = sorted(p.stem for p in (config_dir / group).glob("*.yaml") if key in _yaml_keys(p))
+    return (f"{group}.{key} is not a setting of {group}={option}; it belongs to "
+            f"{' or '.join(f'{group}={o}' for o in owners)} (choose one on the command line)")
+
+
+def _group_section(path: Path, group: str) -> dict:
+    import yaml
+
+    section = (yaml.safe_load(path.read_text()) or {}).get(group)
+    return section if isinstance(section, dict) else {}
+
+
+def _chosen_options(argv: list[str], config_dir: Path) -> dict[str, str]:
+    """Group -> option as the command line, the chosen preset and config.yaml's defaults pick
+    it (in that order of precedence); groups swept over several options are left out."""
+    import yaml
+
+    def entries(path: Path) -> dict[str, Any]:
+        found = {}
+        for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults") or []:
+            if isinstance(entry, dict):
+                for name, option in entry.items():
+                    found[str(name).replace("override", "").strip().strip("/")] = option
+        return found
+
+    chosen = {g: o for g, o in entries(config_dir / "config.yaml").items() if g in _USER_GROUPS}
+    typed: dict[str, Optional[str]] = {}
+    for arg in argv:
+        name, _, value = arg.partition("=")
+        name = name.lstrip("+~")
+        if name in _USER_GROUPS and "=" in arg:
+            typed[name] = None if "," in value else value
+    preset = typed.get("experiment", chosen.get("experiment"))
+    if preset and (config_dir / "experiment" / f"{preset}.yaml").is_file():
+        chosen.update({g: o for g, o in entries(config_dir / "experiment" / f"{preset}.yaml")
+                       .items() if g in _USER_GROUPS})
+    chosen.update(typed)
+    return {g: str(o) for g, o in chosen.items() if o is not None}

@@ -109,3 +109,17 @@ def test_check_overrides_accepts_every_valid_form_and_names_the_bad_one():
     assert "data='cifar'" in check_overrides(["data=circle,cifar"], CONFIG_DIR)
     assert "ntk.methd is not a setting" in check_overrides(["ntk.methd=auto"], CONFIG_DIR)
     assert "lr_max is not a setting" in check_overrides(["+lr_max=3"], CONFIG_DIR)
+
+
+def test_a_key_of_another_option_is_named_with_the_option_it_belongs_to():
+    # Hydra would stop these with a multi-line "Could not override" error.
+    assert check_overrides(["logger.tracking_uri=/x"], CONFIG_DIR) == (
+        "logger.tracking_uri is not a setting of logger=none; it belongs to logger=mlflow "
+        "(choose one on the command line)")
+    assert "belongs to data=file" in check_overrides(["data.path=x.npz"], CONFIG_DIR)
+    for fine in (["logger=mlflow", "logger.tracking_uri=/x"], ["logger.tracking_uri=/x", "logger=mlflow"],
+                 ["experiment=lee2019", "data.in_dim=3"],  # the preset picks sphere_teacher
+                 ["+data.path=x.npz"], ["-m", "logger=none,mlflow", "logger.tracking_uri=/x"]):
+        assert check_overrides(fine, CONFIG_DIR) is None, fine
+    for argv in (["logger=mlflow", "logger.tracking_uri=/x"], ["experiment=lee2019", "data.in_dim=3"]):
+        composed(argv)  # and Hydra composes them

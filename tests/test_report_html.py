@@ -15,7 +15,6 @@ import json
 import math
 import re
 from html.parser import HTMLParser
-from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
