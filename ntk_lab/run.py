@@ -209,6 +209,7 @@ class AnalyzeSweepCallback(Callback):
                 print(f"ntk_lab: error: {problem} (sweep stopped before any job ran{job})",
                       file=sys.stderr)
                 sys.exit(2)
+        _sweep_tracker(config, "start")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -218,29 +219,34 @@ class AnalyzeSweepCallback(Callback):
 
             analysis_dir = analyze_sweep(sweep_dir)
             print(f"ntk_lab: sweep analysed: {analysis_dir / 'report.md'} and report.html")
-        _log_sweep_end(config, sweep_dir)
+        _sweep_tracker(config, "end")
         if failed_inputs:
             print(f"ntk_lab: error: {len(failed_inputs)} job(s) had invalid settings, e.g. "
                   f"{failed_inputs[0]}", file=sys.stderr)
             sys.exit(2)
 
 
-def _log_sweep_end(config: DictConfig, sweep_dir: Path) -> None:
-    """Hand the finished sweep to its tracker (MLflow's parent run with fits.csv)."""
-    from ntk_lab.loggers import DEFAULT_STORE_DIR, experiment_name, log_sweep_end
+def _sweep_tracker(config: DictConfig, moment: str) -> None:
+    """The sweep's tracker at its ``start`` (MLflow: the store and the experiment are made
+    once, before parallel jobs would race to make them) and ``end`` (MLflow: the parent run
+    with fits.csv)."""
+    from ntk_lab.loggers import DEFAULT_STORE_DIR, experiment_name, log_sweep_end, prepare_sweep
 
     section = config.get("logger")
     try:
         logger = logger_config(OmegaConf.to_container(section, resolve=True) if section else {})
-    except ConfigError:  # already reported before any job ran
+    except ConfigError:  # already reported by the checks before any job
         return
     cwd = Path(config.hydra.runtime.cwd)
-    sweep_dir = cwd / sweep_dir
-    analysis_dir = sweep_dir / "analysis"
-    log_sweep_end(logger.name, sweep_dir, analysis_dir if analysis_dir.is_dir() else None,
-                  tracking_uri=logger.tracking_uri,
-                  experiment=experiment_name(logger.experiment_name, sweep_dir, cwd),
-                  default_store_dir=cwd / DEFAULT_STORE_DIR)
+    sweep_dir = cwd / config.hydra.sweep.dir
+    where = dict(tracking_uri=logger.tracking_uri, default_store_dir=cwd / DEFAULT_STORE_DIR,
+                 experiment=experiment_name(logger.experiment_name, sweep_dir, cwd))
+    if moment == "start":
+        prepare_sweep(logger.name, **where)
+    else:
+        analysis_dir = sweep_dir / "analysis"
+        log_sweep_end(logger.name, sweep_dir, analysis_dir if analysis_dir.is_dir() else None,
+                      **where)
 
 
 def _user_errors(sweep_dir: Path) -> list[str]:

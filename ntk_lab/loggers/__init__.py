@@ -23,7 +23,7 @@ SINGLE_RUN_EXPERIMENT = "ntk_lab runs"  # the experiment of runs started without
 
 __all__ = [
     "DEFAULT_STORE_DIR", "EXTRAS", "LOGGERS", "GuardedLogger", "NullLogger", "RunLogger",
-    "experiment_name", "log_sweep_end", "logger_unavailable", "make_logger",
+    "experiment_name", "log_sweep_end", "logger_unavailable", "make_logger", "prepare_sweep",
 ]
 
 
@@ -92,6 +92,25 @@ def make_logger(
         return GuardedLogger(MlflowLogger(uri, experiment, run_name or run_dir.name, all_tags),
                              name)
     raise ValueError(f"logger={name!r} is invalid: allowed: {', '.join(LOGGERS)}")
+
+
+def prepare_sweep(
+    name: str, *, tracking_uri: Optional[str], experiment: str,
+    default_store_dir: Path = DEFAULT_STORE_DIR,
+) -> None:
+    """Before a multirun's jobs: ``mlflow`` creates the store and the sweep's experiment once,
+    so that parallel jobs (``hydra/launcher=local_parallel``) do not race to create them.
+    Never raises: a failure is one warning (each job then warns as it finds the store)."""
+    if name != "mlflow":
+        return
+    from ntk_lab.loggers.mlflow_logger import open_client, open_experiment, resolve_tracking_uri
+
+    try:
+        uri = resolve_tracking_uri(tracking_uri, default_store_dir)
+        open_experiment(open_client(uri), experiment, uri)
+    except Exception as err:  # the jobs' run folders do not depend on the tracker
+        log.warning("logger=mlflow could not prepare the store (%s: %s); the sweep goes on",
+                    type(err).__name__, str(err).splitlines()[0] if str(err) else "")
 
 
 def log_sweep_end(
