@@ -178,3 +178,17 @@ def test_a_store_locked_mid_run_warns_once_and_the_run_goes_on(tmp_path, caplog)
     assert outcome.status == "ok" and record.status == "ok"
     warnings = [r.getMessage() for r in caplog.records if r.name == LOGGER]
     assert len(warnings) == 1 and "database is locked" in warnings[0], warnings
+
+
+def test_parallel_jobs_share_a_fresh_store_without_racing(workdir):
+    """joblib's two worker processes start together; the store and the experiment were made
+    before them, so neither fails on a half-created schema."""
+    root = sweep(workdir, "parallel", "logger=mlflow", "hydra/launcher=local_parallel",
+                 "hydra.launcher.n_jobs=2")
+    client = MlflowClient(resolve_tracking_uri(None, workdir / "outputs" / "mlflow"))
+    experiment = client.get_experiment_by_name("sweeps/parallel")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags[TAG_ROLE] for r in runs) == ["job", "job", "sweep"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for job in ("0", "1"):
+        assert "logger=mlflow failed" not in (root / job / "run.log").read_text()
