@@ -102,7 +102,7 @@ def test_multirun_sweep_makes_one_folder_per_job_and_an_analysis(workdir):
 
 
 def test_check_overrides_accepts_every_valid_form_and_names_the_bad_one():
-    good = ["+width=64", "width=64,128", "++depth=2", "data=digits", "data.path=x.npz",
+    good = ["+width=64", "width=64,128", "++depth=2", "data=file", "data.path=x.npz",
             "model.activation=tanh", "-m", "experiment=width_sweep", "hydra.run.dir=here",
             "hydra/launcher=local_parallel", "lazy=full", "lazy.linearized=true", "seed=0,1"]
     assert check_overrides(good, CONFIG_DIR) is None
