@@ -20,10 +20,12 @@ from ntk_lab import preflight
 from ntk_lab.config import ConfigError, RunConfig, data_settings
 from ntk_lab.data import Dataset, make_dataset
 from ntk_lab.kernels.analytic import infinite_width_kernels
+from ntk_lab.kernels.flow import KernelFlow
 from ntk_lab.kernels.regression import GradientFlowPredictor
 from ntk_lab.kernels.structured import feature_bytes_per_sample
 from ntk_lab.loggers import NullLogger, RunLogger
 from ntk_lab.models import MLP, ScaledOutput, unwrap_mlp
+from ntk_lab.optim import OptimizerSettings, infinite_width_support
 from ntk_lab.records import STATUS_FAILED, STATUS_RUNNING, RunRecorder, write_summary
 from ntk_lab.storage import StoragePlan, plan_storage
 from ntk_lab.train import TrainOutcome, TrainSettings, checkpoint_steps, train
@@ -103,7 +105,8 @@ def instrumentation(config: RunConfig) -> preflight.Instrumentation:
         memory_budget_bytes=k.memory_budget_mb << 20, store=k.store, store_dtype=k.store_dtype,
         store_max_mb=k.store_max_mb, linearized=z.linearized,
         infinite_width=z.infinite_width and k.enabled, kappa_hessian=z.kappa_hessian and k.enabled,
-        centered=config.model.center)
+        centered=config.model.center,
+        optimizer_states={"sgd": 0, "momentum": 1, "adam": 2}[config.train.optimizer])
 
 
 def _structured_feature_bytes(net: torch.nn.Module, dtype: torch.dtype) -> Optional[int]:
@@ -142,8 +145,17 @@ def probe_kernels(config: RunConfig, data: Dataset) -> dict[str, torch.Tensor]:
     return kernels
 
 
-def infinite_width_predictor(config: RunConfig, data: Dataset) -> GradientFlowPredictor:
-    """Θ_∞ gradient flow on the train and test sets (float64, on the data's device).
+def optimizer_settings(config: RunConfig) -> OptimizerSettings:
+    """The :class:`~ntk_lab.optim.OptimizerSettings` of ``config.train``."""
+    t = config.train
+    return OptimizerSettings(t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                             betas=t.betas, eps=t.eps, schedule=t.schedule)
+
+
+def infinite_width_predictor(config: RunConfig, data: Dataset) -> GradientFlowPredictor | KernelFlow:
+    """Θ_∞ gradient flow on the train and test sets (float64, on the data's device): the MSE
+    closed form for gradient descent, else the integrated flow of :mod:`ntk_lab.kernels.flow`
+    (cross-entropy; momentum's second-order equation).
 
     The dynamics are driven by Θ·loss_scale; for an α-scaled network that is α²Θ_∞/α² = Θ_∞,
     so the unscaled Θ_∞ is used whatever α.
@@ -154,7 +166,12 @@ def infinite_width_predictor(config: RunConfig, data: Dataset) -> GradientFlowPr
     _, ntk = infinite_width_kernels(
         x, x[:n], activation=m.activation, depth=m.depth, w_std=m.w_std, b_std=m.b_std,
         parameterization=m.parameterization, width=m.width)
-    return GradientFlowPredictor(ntk[:n], ntk[n:], data.y_train.to(torch.float64))
+    y = data.y_train.to(torch.float64)
+    t = config.train
+    if t.loss == "mse" and t.optimizer == "sgd":
+        return GradientFlowPredictor(ntk[:n], ntk[n:], y)
+    momentum = t.momentum if t.optimizer == "momentum" else 0.0
+    return KernelFlow(ntk[:n], ntk[n:], y, loss=t.loss, momentum=momentum, lr=t.lr)
 
 
 def _summary(config: RunConfig, status: str, message: str, started: float, **extra) -> dict:
@@ -197,6 +214,9 @@ def run_experiment(
     config.model.out_dim = data.out_dim
     config.device = str(device)
     notes = {"kernel_store": plan.level}
+    no_prediction = infinite_width_support(optimizer_settings(config))
+    if no_prediction and config.lazy.infinite_width and kernels_on:
+        notes["infinite_width"] = no_prediction  # the reason for the NaN inf_* columns
     if not kernels_on:
         notes["kernels"] = "off (ntk.enabled=false): no empirical NTK, no Θ_∞ and no metric built on them"
     write_summary(run_dir, _summary(config, STATUS_RUNNING, "", started, **notes))
@@ -210,13 +230,15 @@ def run_experiment(
         record_jac_change=config.ntk.jac_change, progress=config.progress,
         track_linearized=config.lazy.linearized, kappa_hessian=config.lazy.kappa_hessian,
         hessian_points=config.lazy.hessian_points, hessian_iters=config.lazy.hessian_iters,
-        ntk_enabled=kernels_on,
+        ntk_enabled=kernels_on, loss=config.train.loss, optimizer=optimizer_settings(config),
+        parameterization=config.model.parameterization,
+        infinite_width_note=notes.get("infinite_width", ""),
     )
     if not kernels_on:
         settings.record_jac_change = settings.kappa_hessian = False
     theta_inf = static["theta_inf"].to(device) if kernels_on else None
     infinite = (infinite_width_predictor(config, data)
-                if config.lazy.infinite_width and kernels_on else None)
+                if config.lazy.infinite_width and kernels_on and not no_prediction else None)
     logger.start(config.flat())
     try:
         outcome = train(model, data, settings, recorder, theta_inf=theta_inf,

@@ -19,7 +19,9 @@ from ntk_lab.activations import ACTIVATIONS
 from ntk_lab.data import DATASETS
 from ntk_lab.kernels.empirical import METHODS
 from ntk_lab.loggers import LOGGERS, logger_unavailable
+from ntk_lab.losses import LOSSES
 from ntk_lab.models import PARAMETERIZATIONS
+from ntk_lab.optim import OPTIMIZERS, SCHEDULES
 from ntk_lab.storage import DEFAULT_STORE_MAX_MB, STORE_DTYPES, STORE_LEVELS
 
 PRECISIONS = ("float32", "float64")
@@ -52,6 +54,13 @@ class DataConfig:
     path: Optional[str]
     in_dim: Optional[int]
     noise: float
+    # image data sets (mnist, fashion_mnist, cifar10: ntk_lab.datasets)
+    classes: Optional[list[int]] = None  # None: all ten
+    root: Optional[str] = None  # None: $NTK_LAB_DATA, else the user's cache folder
+    download: bool = False
+    mirror: Optional[str] = None  # None: the official location
+    standardize: bool = True
+    pm1_targets: bool = True  # two classes: one ±1 target column (set from train.loss=mse)
 
 
 @dataclass
@@ -60,6 +69,13 @@ class TrainConfig:
     lr: float
     batch_size: Optional[int]
     seed: int
+    loss: str = "mse"
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: str = "constant"
 
 
 @dataclass
@@ -113,6 +129,9 @@ class RunConfig:
             "output_scale": m.output_scale, "center": m.center,
             "dataset": d.name, "n_train": d.n_train, "n_test": d.n_test, "n_probe": d.n_probe,
             "data_seed": d.seed, "steps": t.steps, "batch_size": t.batch_size,
+            "classes": d.classes, "loss": t.loss, "optimizer": t.optimizer,
+            "momentum": t.momentum if t.optimizer == "momentum" else None,
+            "weight_decay": t.weight_decay, "schedule": t.schedule,
             "ntk_enabled": k.enabled, "ntk_method": k.method, "checkpoints": k.checkpoints,
             "dtype": self.precision, "device": self.device,
         }
@@ -227,7 +246,9 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
         lr=_float("train.lr", g(train, "train", "lr"), lambda v: v > 0, "must be a number > 0"),
         batch_size=_int("train.batch_size", g(train, "train", "batch_size", None), 1, optional=True),
         seed=_int("train.seed", g(train, "train", "seed"), 0),
+        **_optimizer_settings(train, g),
     )
+    _image_data_settings(d, data, g, t)
     k = NTKConfig(
         enabled=_bool("ntk.enabled", g(ntk, "ntk", "enabled", True)),
         method=_choice("ntk.method", g(ntk, "ntk", "method"), METHODS),
@@ -245,6 +266,12 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
         hessian_points=_int("lazy.hessian_points", g(lazy, "lazy", "hessian_points", 8), 1),
         hessian_iters=_int("lazy.hessian_iters", g(lazy, "lazy", "hessian_iters", 30), 1),
     )
+    plain_gd = (t.loss, t.optimizer, t.schedule, t.weight_decay) == ("mse", "sgd", "constant", 0.0)
+    if z.linearized and not plain_gd:
+        raise ConfigError(f"lazy.linearized=true is invalid with train.loss={t.loss} "
+                          f"train.optimizer={t.optimizer} train.schedule={t.schedule} "
+                          f"train.weight_decay={t.weight_decay}: the linearized model is trained "
+                          f"by plain gradient descent on MSE only; set lazy.linearized=false")
     return RunConfig(
         model=m, data=d, train=t, ntk=k, lazy=z, logger=logger_config(cfg.get("logger") or {}),
         precision=_choice("precision", cfg.get("precision", "float32"), PRECISIONS),
@@ -282,6 +309,56 @@ def _optional_text(key: str, value: Any, allowed: str) -> Optional[str]:
     return value
 
 
+_IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+_CLASSIFICATION_DATASETS = ("digits", *_IMAGE_DATASETS)
+
+
+def _optimizer_settings(train: Mapping[str, Any], g: Callable) -> dict[str, Any]:
+    """train.loss / optimizer / momentum / weight_decay / betas / eps / schedule, checked."""
+    betas = g(train, "train", "betas", [0.9, 0.999])
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise _fail("train.betas", betas, "must be two numbers in [0, 1), e.g. [0.9,0.999]")
+    in_unit = lambda v: 0 <= v < 1  # noqa: E731
+    return dict(
+        loss=_choice("train.loss", g(train, "train", "loss", "mse"), LOSSES),
+        optimizer=_choice("train.optimizer", g(train, "train", "optimizer", "sgd"), OPTIMIZERS),
+        momentum=_float("train.momentum", g(train, "train", "momentum", 0.9), in_unit,
+                        "must be in [0, 1)"),
+        weight_decay=_float("train.weight_decay", g(train, "train", "weight_decay", 0.0),
+                            lambda v: v >= 0, "must be >= 0"),
+        betas=tuple(_float("train.betas", b, in_unit, "must be two numbers in [0, 1)") for b in betas),
+        eps=_float("train.eps", g(train, "train", "eps", 1e-8), lambda v: v > 0, "must be > 0"),
+        schedule=_choice("train.schedule", g(train, "train", "schedule", "constant"), SCHEDULES),
+    )
+
+
+def _image_data_settings(d: DataConfig, data: Mapping[str, Any], g: Callable, t: TrainConfig) -> None:
+    """data.classes / root / download / mirror / standardize into ``d``; the loss's needs."""
+    classes = g(data, "data", "classes", None)
+    if classes is not None:
+        if d.name not in _IMAGE_DATASETS:
+            raise _fail("data.classes", classes, f"only for data={', '.join(_IMAGE_DATASETS)}; "
+                        f"use null")
+        ok = (isinstance(classes, (list, tuple)) and len(classes) >= 2
+              and all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
+              and len(set(classes)) == len(classes))
+        if not ok:
+            raise _fail("data.classes", classes, "must be a list of at least two distinct integer "
+                        "class labels, e.g. [3,5], or null for all")
+        d.classes = list(classes)
+    d.root = g(data, "data", "root", None)
+    d.download = _bool("data.download", g(data, "data", "download", False))
+    d.mirror = g(data, "data", "mirror", None)
+    if d.mirror is not None and not str(d.mirror).startswith(("http://", "https://", "ftp://")):
+        raise _fail("data.mirror", d.mirror, "must be a base URL starting with http://, https:// "
+                    "or ftp://, or null for the official location")
+    d.standardize = _bool("data.standardize", g(data, "data", "standardize", True))
+    d.pm1_targets = t.loss == "mse"
+    if t.loss == "cross_entropy" and d.name not in _CLASSIFICATION_DATASETS:
+        raise _fail("train.loss", t.loss, f"data={d.name} is not a classification data set; "
+                    f"cross_entropy needs data={', '.join(_CLASSIFICATION_DATASETS)}, else use mse")
+
+
 def data_settings(d: DataConfig) -> dict[str, Any]:
     """The keyword arguments of the dataset builder :func:`ntk_lab.data.make_dataset`."""
     settings: dict[str, Any] = {"n_probe": d.n_probe, "seed": d.seed}
@@ -294,6 +371,9 @@ def data_settings(d: DataConfig) -> dict[str, Any]:
             settings["in_dim"] = d.in_dim
     if d.name == "file":
         settings["path"] = d.path
+    if d.name in _IMAGE_DATASETS:
+        settings.update(classes=d.classes, root=d.root, download=d.download, mirror=d.mirror,
+                        standardize=d.standardize, pm1_targets=d.pm1_targets)
     return settings
 
 
