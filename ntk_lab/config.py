@@ -372,14 +372,15 @@ def data_settings(d: DataConfig) -> dict[str, Any]:
     if d.name == "file":
         settings["path"] = d.path
     if d.name in _IMAGE_DATASETS:
-        settings.update(classes=d.classes, root=d.root, download=d.download, mirror=d.mirror,
+        classes = None if d.classes is None else tuple(d.classes)  # hashable: sweeps cache data by settings
+        settings.update(classes=classes, root=d.root, download=d.download, mirror=d.mirror,
                         standardize=d.standardize, pm1_targets=d.pm1_targets)
     return settings
 
 
 # Config groups whose option a user picks on the command line (`data=digits`); an unknown option
 # is reported here in one line, before Hydra would print a multi-line composition error.
-_USER_GROUPS = ("model", "data", "train", "ntk", "lazy", "logger", "experiment")
+_USER_GROUPS = ("model", "data", "train", "ntk", "lazy", "logger", "optim", "experiment")
 
 
 def _yaml_keys(path: Path) -> set[str]:
