@@ -182,7 +182,7 @@ def download(name: str, root: Path, mirror: Optional[str] = None,
     hashes = dict(source.hashes if hashes is None else hashes)
     base = (mirror or source.mirror).rstrip("/") + "/"
     target = root / source.folder
-    created = not target.exists()
+    first_new = next((p for p in reversed([target, *target.parents]) if not p.exists()), None)
     pooch.get_logger().setLevel(logging.WARNING)
     downloader = pooch.HTTPDownloader(progressbar=False, timeout=DOWNLOAD_TIMEOUT_S)
     try:
@@ -194,16 +194,37 @@ def download(name: str, root: Path, mirror: Optional[str] = None,
     except DataError:
         raise
     except (requests.exceptions.RequestException, ValueError, OSError) as err:
-        if created and target.is_dir() and not any(target.iterdir()):
-            target.rmdir()
-        reason = _download_reason(err)
+        _remove_empty_dirs(target, first_new)
+        reason = _download_reason(err, requests)
         raise DataError(f"data.download: could not fetch {name} from {base} ({reason}); "
                         f"without a network, put {', '.join(hashes)} (from {source.mirror}) "
                         f"into {target}/ and run again") from None
     return target
 
 
-def _download_reason(err: BaseException) -> str:
+def _remove_empty_dirs(target: Path, first_new: Optional[Path]) -> None:
+    """Remove the folders this download created (``first_new`` … ``target``) if they hold no file."""
+    if first_new is None:
+        return
+    path = target
+    while True:
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        if path == first_new or path == path.parent:
+            break
+        path = path.parent
+
+
+def _download_reason(err: BaseException, requests) -> str:
+    """A short reason for a failed download."""
+    if isinstance(err, requests.exceptions.HTTPError) and err.response is not None:
+        return f"HTTP {err.response.status_code} for {err.response.url}"
+    if isinstance(err, requests.exceptions.Timeout):
+        return f"no answer within {DOWNLOAD_TIMEOUT_S} s"
+    if isinstance(err, requests.exceptions.ConnectionError):
+        request = getattr(err, "request", None)
+        url = getattr(request, "url", None) or ""
+        return f"cannot connect{' to ' + url if url else ''}: no network, or the mirror is down"
     text = " ".join(str(err).split())
     if "hash" in text.lower():
         return "the downloaded file's hash does not match the published one; file removed"
