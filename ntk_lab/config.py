@@ -326,10 +326,17 @@ def _optimizer_settings(train: Mapping[str, Any], g: Callable) -> dict[str, Any]
                         "must be in [0, 1)"),
         weight_decay=_float("train.weight_decay", g(train, "train", "weight_decay", 0.0),
                             lambda v: v >= 0, "must be >= 0"),
-        betas=tuple(_float("train.betas", b, in_unit, "must be two numbers in [0, 1)") for b in betas),
+        betas=_betas(betas),
         eps=_float("train.eps", g(train, "train", "eps", 1e-8), lambda v: v > 0, "must be > 0"),
         schedule=_choice("train.schedule", g(train, "train", "schedule", "constant"), SCHEDULES),
     )
+
+
+def _betas(betas: Any) -> tuple[float, float]:
+    try:
+        return tuple(_float("train.betas", b, lambda v: 0 <= v < 1, "") for b in betas)  # type: ignore[return-value]
+    except ConfigError:
+        raise _fail("train.betas", list(betas), "must be two numbers in [0, 1), e.g. [0.9,0.999]") from None
 
 
 def _image_data_settings(d: DataConfig, data: Mapping[str, Any], g: Callable, t: TrainConfig) -> None:

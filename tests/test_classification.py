@@ -82,7 +82,7 @@ def test_the_cosine_schedule_sets_the_clock(tmp_path):
     ({"train.momentum": 1.0}, "train.momentum=1.0 is invalid: must be in"),
     ({"train.weight_decay": -1}, "train.weight_decay=-1 is invalid: must be >= 0"),
     ({"train.betas": [0.9]}, r"train.betas=\[0.9\] is invalid: must be two numbers"),
-    ({"train.betas": [0.9, 1.0]}, "train.betas=1.0 is invalid"),
+    ({"train.betas": [0.9, 1.0]}, r"train.betas=\[0.9, 1.0\] is invalid"),
     ({"train.eps": 0}, "train.eps=0 is invalid: must be > 0"),
     ({"train.loss": "cross_entropy", "data.name": "circle"}, "data=circle is not a classification"),
     ({"data.classes": [3, 5]}, "data.classes=.* is invalid: only for data=mnist"),

@@ -146,13 +146,13 @@ def missing_files_message(name: str, root: Path) -> str:
     source = SOURCES[name]
     where = root / source.folder
     if name == "cifar10":
-        files = (f"{CIFAR_ARCHIVE} unpacked ({where / cifar.BINARY_DIR}/ with "
-                 f"{', '.join(cifar.TRAIN_FILES + cifar.TEST_FILES)})")
+        batches = cifar.TRAIN_FILES + cifar.TEST_FILES
+        files = (f"{batches[0]} … {batches[-1]} (from {CIFAR_ARCHIVE}, {source.mirror}) into "
+                 f"{where / cifar.BINARY_DIR}/, or the archive itself into {where}/")
     else:
-        files = ", ".join(source.hashes)
-    return (f"data={name}: files not found under data.root={root}; put {files} into {where}/ "
-            f"(from {source.mirror}), set data.root (or ${ROOT_ENV}) to a folder holding them, "
-            f"or run with data.download=true")
+        files = f"{', '.join(source.hashes)} (from {source.mirror}) into {where}/"
+    return (f"data={name}: files not found under data.root={root}; put {files}, set data.root "
+            f"(or ${ROOT_ENV}) to a folder holding them, or run with data.download=true")
 
 
 # ----------------------------------------------------------------------------- download
