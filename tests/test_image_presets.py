@@ -54,12 +54,12 @@ def test_optimizer_drift_jobs_run(tmp_path, optim, optimizer, param):
 
 @pytest.mark.slow
 def test_lee2019_cifar2_sweep_fits_the_layer_exponents(workdir, cifar_root):
-    """Widths 128…2048, depths 1 and 3, 64 steps on generated CIFAR-format files: the analysis
+    """Widths 128…2048, depths 1 and 3, one seed, 64 steps on generated CIFAR-format files: the analysis
     fits param_change_layer<l> and kappa against width with confidence intervals, and the
     input-layer exponent is near −1/2, the hidden-layer one near −1 (Lee et al. 2019)."""
     sweep = workdir / "sweep"
     result = run_cli(["-m", "experiment=lee2019_cifar2_cpu", f"data.root={cifar_root}",
-                      "width=128,512,2048", "train.steps=64", f"hydra.sweep.dir={sweep}"],
+                      "width=128,512,2048", "seed=0", "train.steps=64", f"hydra.sweep.dir={sweep}"],
                      workdir, timeout=1800)
     assert result.returncode == 0, result.stderr[-2000:]
     fits = pd.read_csv(sweep / "analysis" / "fits.csv")
