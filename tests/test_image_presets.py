@@ -59,7 +59,8 @@ def test_lee2019_cifar2_sweep_fits_the_layer_exponents(workdir, cifar_root):
     input-layer exponent is near −1/2, the hidden-layer one near −1 (Lee et al. 2019)."""
     sweep = workdir / "sweep"
     result = run_cli(["-m", "experiment=lee2019_cifar2_cpu", f"data.root={cifar_root}",
-                      "width=128,512,2048", "seed=0", "train.steps=64", f"hydra.sweep.dir={sweep}"],
+                      "hydra.sweeper.params.width='128,512,2048'", "hydra.sweeper.params.seed=0",
+                      "train.steps=64", "data.n_test=64", f"hydra.sweep.dir={sweep}"],
                      workdir, timeout=1800)
     assert result.returncode == 0, result.stderr[-2000:]
     fits = pd.read_csv(sweep / "analysis" / "fits.csv")
