@@ -17,8 +17,10 @@ import torch
 
 import ntk_lab
 from ntk_lab import preflight
+from ntk_lab.checkpoint_geometry import layers_to_store, spectrum_note
 from ntk_lab.config import ConfigError, RunConfig, data_settings
 from ntk_lab.data import Dataset, make_dataset
+from ntk_lab.features import trainable_layers
 from ntk_lab.kernels.analytic import infinite_width_kernels
 from ntk_lab.kernels.flow import KernelFlow
 from ntk_lab.kernels.regression import GradientFlowPredictor
@@ -219,10 +221,12 @@ def run_experiment(
         notes["infinite_width"] = no_prediction  # the reason for the NaN inf_* columns
     if not kernels_on:
         notes["kernels"] = "off (ntk.enabled=false): no empirical NTK, no Θ_∞ and no metric built on them"
+    notes.update(geometry_notes(config, plan, model, len(data.x_probe), dtype))
     write_summary(run_dir, _summary(config, STATUS_RUNNING, "", started, **notes))
     logger = logger or NullLogger()
 
-    recorder = RunRecorder(run_dir, static, plan, on_row=logger.log_row)
+    recorder = RunRecorder(run_dir, static, plan, on_row=logger.log_row,
+                           layers_level=notes.get("layer_kernel_store", "none"))
     settings = TrainSettings(
         steps=config.train.steps, lr=config.train.lr, batch_size=config.train.batch_size,
         checkpoints=config.ntk.checkpoints, ntk_method=config.ntk.method,
@@ -232,18 +236,20 @@ def run_experiment(
         hessian_points=config.lazy.hessian_points, hessian_iters=config.lazy.hessian_iters,
         ntk_enabled=kernels_on, loss=config.train.loss, optimizer=optimizer_settings(config),
         parameterization=config.model.parameterization,
-        infinite_width_note=notes.get("infinite_width", ""),
+        infinite_width_note=notes.get("infinite_width", ""), top_k=config.ntk.top_k,
+        spectrum_max_probe=config.ntk.spectrum_max_probe,
     )
     if not kernels_on:
         settings.record_jac_change = settings.kappa_hessian = False
     theta_inf = static["theta_inf"].to(device) if kernels_on else None
     infinite = (infinite_width_predictor(config, data)
                 if config.lazy.infinite_width and kernels_on and not no_prediction else None)
+    nngp_inf = static["nngp_inf"].to(device) if kernels_on else None
     logger.start(config.flat())
     try:
         outcome = train(model, data, settings, recorder, theta_inf=theta_inf,
                         loss_scale=1.0 / config.model.output_scale**2, infinite=infinite,
-                        stop_requested=stop_requested)
+                        nngp_inf=nngp_inf, stop_requested=stop_requested)
         final = outcome.rows[-1] if outcome.rows else {}
         summary = _summary(config, outcome.status, outcome.message, started,
                            diverged_step=outcome.diverged_step, last_step=outcome.last_step,
@@ -256,6 +262,23 @@ def run_experiment(
         raise
     logger.finish(summary, run_dir)
     return outcome
+
+
+def geometry_notes(config: RunConfig, plan: StoragePlan, model: torch.nn.Module, n_probe: int,
+                   dtype: torch.dtype) -> dict[str, str]:
+    """summary.json notes of the checkpoint geometry: which per-layer kernels kernels.pt keeps
+    (``layer_kernel_store``) and why spectra are skipped, if they are."""
+    if not config.ntk.enabled:
+        return {"layer_kernel_store": "none"}
+    n_checkpoints = len(checkpoint_steps(config.train.steps, config.ntk.checkpoints))
+    itemsize = torch.finfo(plan.theta_dtype or dtype).bits // 8
+    notes = {"layer_kernel_store": layers_to_store(
+        plan.level, n_probe, len(trainable_layers(model)), n_checkpoints, itemsize, plan.bytes,
+        config.ntk.store_max_mb, explicit=config.ntk.store != "auto")}
+    skipped = spectrum_note(n_probe, config.ntk.spectrum_max_probe)
+    if skipped:
+        notes["spectrum"] = skipped
+    return notes
 
 
 def _draw_run_figures(run_dir: Path) -> None:

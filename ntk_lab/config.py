@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from ntk_lab.activations import ACTIVATIONS
+from ntk_lab.checkpoint_geometry import DEFAULT_SPECTRUM_MAX_PROBE, DEFAULT_TOP_K
 from ntk_lab.data import DATASETS
 from ntk_lab.kernels.empirical import METHODS
 from ntk_lab.loggers import LOGGERS, logger_unavailable
@@ -88,6 +89,8 @@ class NTKConfig:
     store: str  # which Θ_t kernels.pt keeps (ntk_lab.storage)
     store_dtype: str
     store_max_mb: int
+    top_k: int  # k of the top-k eigenspace columns (ntk_lab.checkpoint_geometry)
+    spectrum_max_probe: int  # the largest probe set whose spectrum is computed per checkpoint
 
 
 @dataclass
@@ -258,6 +261,9 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
         store=_choice("ntk.store", g(ntk, "ntk", "store", "auto"), STORE_LEVELS),
         store_dtype=_choice("ntk.store_dtype", g(ntk, "ntk", "store_dtype", "auto"), STORE_DTYPES),
         store_max_mb=_int("ntk.store_max_mb", g(ntk, "ntk", "store_max_mb", DEFAULT_STORE_MAX_MB), 1),
+        top_k=_int("ntk.top_k", g(ntk, "ntk", "top_k", DEFAULT_TOP_K), 1),
+        spectrum_max_probe=_int("ntk.spectrum_max_probe",
+                                g(ntk, "ntk", "spectrum_max_probe", DEFAULT_SPECTRUM_MAX_PROBE), 0),
     )
     z = LazyConfig(
         linearized=_bool("lazy.linearized", g(lazy, "lazy", "linearized", False)),

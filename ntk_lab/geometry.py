@@ -213,6 +213,6 @@ def conjugate_kernel(features: Tensor, w_std: float, b_std: float) -> Tensor:
 
 def trace_shares(theta_layers: Tensor) -> Tensor:
     """tr Θ_l / Σ_l tr Θ_l for per-layer kernels (L, N, N) -> (L,) float64 (NaN for 0)."""
-    traces = _f64(theta_layers).diagonal(dim1=-2, dim2=-1).sum(-1)
+    traces = _f64(theta_layers.diagonal(dim1=-2, dim2=-1)).sum(-1)
     total = traces.sum()
     return traces / total if total != 0 else torch.full_like(traces, float("nan"))

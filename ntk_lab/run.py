@@ -77,7 +77,11 @@ def _user_error(message: str, run_dir: Path, in_multirun: bool, record: bool = T
 
 
 def main() -> None:
-    """Console entry point: check the group choices, then hand over to Hydra."""
+    """Console entry point: check the group choices, then hand over to Hydra (or to a study
+    that is not a training run: ``experiment=coord_check`` / ``depth_over_width``)."""
+    from ntk_lab.study_cli import hand_over_to_study
+
+    hand_over_to_study(sys.argv[1:])
     problem = check_overrides(sys.argv[1:], Path(_config_dir()))
     if problem:
         print(f"ntk_lab: error: {problem}", file=sys.stderr)

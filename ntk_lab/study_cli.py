@@ -215,9 +215,26 @@ def with_preset(argv: Sequence[str], preset: str) -> list[str]:
     return list(argv) if "experiment" in names else [f"experiment={preset}", *argv]
 
 
+def unknown_study_key(argv: Sequence[str], config_dir: Path) -> str | None:
+    """The one-line error for an override of a study block's key that the block does not
+    have (``fluctuations.nseeds=…``), else None; Hydra would answer it in several lines."""
+    import yaml
+
+    for preset, block in ((COORD_CHECK_PRESET, "coord_check"),
+                          (FLUCTUATIONS_PRESET, "fluctuations")):
+        content = yaml.safe_load((config_dir / "experiment" / f"{preset}.yaml").read_text())
+        known = sorted((content or {}).get(block) or {})
+        for arg in argv:
+            key = arg.split("=", 1)[0].lstrip("+~")
+            if "=" in arg and key.startswith(f"{block}.") and key[len(block) + 1:] not in known:
+                return f"{key} is not a setting; {block} has: {', '.join(known)}"
+    return None
+
+
 def _main(preset: str, hydra_main: Callable[[], None]) -> None:
     argv = with_preset(sys.argv[1:], preset)
-    problem = check_overrides(argv, Path(_config_dir()))
+    config_dir = Path(_config_dir())
+    problem = check_overrides(argv, config_dir) or unknown_study_key(argv, config_dir)
     if problem:
         print(f"ntk_lab: error: {problem}", file=sys.stderr)
         sys.exit(2)
@@ -233,3 +250,21 @@ def coord_check_main() -> None:
 def fluctuations_main() -> None:
     """``python -m ntk_lab.fluctuations``."""
     _main(FLUCTUATIONS_PRESET, _fluctuations_main)
+
+
+def hand_over_to_study(argv: Sequence[str]) -> None:
+    """If ``argv`` names a study's preset (``experiment=coord_check``), run that study with
+    the same overrides and exit; otherwise return. ``-m`` is dropped: a study runs its whole
+    grid in one process."""
+    presets = [a.split("=", 1)[1] for a in argv
+               if "=" in a and a.split("=", 1)[0].lstrip("+~") == "experiment"]
+    if len(presets) != 1 or presets[0] not in STUDY_MODULES:
+        return
+    rest = [a for a in argv if a not in ("-m", "--multirun")]
+    if len(rest) != len(argv):
+        print(f"ntk_lab: experiment={presets[0]} runs its whole grid in one process "
+              f"(python -m {STUDY_MODULES[presets[0]]}); -m is not needed")
+    sys.argv = [sys.argv[0], *rest]
+    main_of = {COORD_CHECK_PRESET: coord_check_main, FLUCTUATIONS_PRESET: fluctuations_main}
+    main_of[presets[0]]()
+    sys.exit(0)

@@ -21,6 +21,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ntk_lab import metrics
+from ntk_lab.checkpoint_geometry import (
+    DEFAULT_SPECTRUM_MAX_PROBE, DEFAULT_TOP_K, CheckpointGeometry, ck_scales, probe_geometry_inputs,
+)
 from ntk_lab.data import Dataset
 from ntk_lab.losses import accuracy, loss_function
 from ntk_lab.optim import OptimizerSettings, build_optimizer, build_scheduler, elapsed_time
@@ -58,6 +61,8 @@ class TrainSettings:
         parameterization: the network's (μP Adam rescales per-tensor learning rates).
         infinite_width_note: why there is no Θ_∞ prediction for these settings ('' if there
             is one); when set, the prediction's columns are recorded as NaN.
+        top_k: k of the top-k eigenspace columns (``eig_overlap_*``, ``target_power_topk``).
+        spectrum_max_probe: the largest probe set whose spectrum is computed at checkpoints.
     """
 
     steps: int = 200
@@ -78,6 +83,8 @@ class TrainSettings:
     optimizer: Optional[OptimizerSettings] = None
     parameterization: str = "ntk"
     infinite_width_note: str = ""
+    top_k: int = DEFAULT_TOP_K
+    spectrum_max_probe: int = DEFAULT_SPECTRUM_MAX_PROBE
 
     def optimizer_settings(self) -> OptimizerSettings:
         return self.optimizer or OptimizerSettings("sgd", lr=self.lr)
@@ -93,9 +100,10 @@ Predictor = GradientFlowPredictor | KernelFlow  # the Θ_∞ model: MSE closed f
 
 class Recorder(Protocol):
     """Receives one row of metrics and Θ_t (N_probe, N_probe) at every checkpoint (None when
-    kernels are off, or when the row records a divergence)."""
+    kernels are off, or when the row records a divergence), and the checkpoint's arrays
+    (``eigvals``, ``theta_layers``: :mod:`ntk_lab.checkpoint_geometry`) when there are any."""
 
-    def checkpoint(self, row: dict, theta: Optional[Tensor]) -> None: ...
+    def checkpoint(self, row: dict, theta: Optional[Tensor], arrays: Optional[dict] = None) -> None: ...
 
 
 @dataclass
@@ -156,7 +164,8 @@ class _Checkpointer:
 
     def __init__(self, model: nn.Module, data: Dataset, settings: TrainSettings,
                  theta_inf: Optional[Tensor], loss_scale: float,
-                 linearized: Optional[LinearizedModel], infinite: Optional[Predictor]):
+                 linearized: Optional[LinearizedModel], infinite: Optional[Predictor],
+                 nngp_inf: Optional[Tensor] = None):
         self.model, self.data, self.settings = model, data, settings
         self.theta_inf = theta_inf.double() if theta_inf is not None else None
         self.loss_scale = loss_scale
@@ -165,8 +174,14 @@ class _Checkpointer:
         self.layer_names = layer_weight_names(model)
         self.kernels = (ProbeKernelTracker(model, data.x_probe, method=settings.ntk_method,
                                            memory_budget_bytes=settings.memory_budget_bytes,
-                                           jac_change=settings.record_jac_change)
+                                           jac_change=settings.record_jac_change, layers=True)
                         if settings.ntk_enabled else None)
+        w_std, b_std, known = ck_scales(model)
+        self.geometry = (CheckpointGeometry(
+            data.y_probe, self.theta_inf, nngp_inf.double() if nngp_inf is not None and known else None,
+            w_std=w_std, b_std=b_std, top_k=settings.top_k,
+            spectrum_max_probe=settings.spectrum_max_probe) if settings.ntk_enabled else None)
+        self.arrays: Optional[dict] = None  # the last row's geometry arrays, for the recorder
         # θ_0 as a module is needed only by the Hessian κ (the tracker keeps its own features)
         self.initial_model = (copy.deepcopy(model).requires_grad_(False)
                               if settings.kappa_hessian else None)
@@ -207,12 +222,17 @@ class _Checkpointer:
         row.update(self._parameter_changes())
         if not math.isfinite(row["param_change"]):
             return row, None, f"a parameter became non-finite by step {step}"
-        theta = None
+        theta, self.arrays = None, None
         if self.kernels is not None:
             theta, jac_change = self.kernels(self.model)
             row.update(self._kernel_metrics(theta))
             if jac_change is not None:
                 row["jac_change"] = jac_change
+            layers, features = probe_geometry_inputs(self.model, data.x_probe,
+                                                     s.memory_budget_bytes, self.kernels)
+            columns, self.arrays = self.geometry(theta, s.lr * step, theta_layers=layers,
+                                                 features=features)
+            row.update(columns)
         row.update(self._lazy_comparison(step, f_test.double()))
         if s.kappa_hessian and step == s.steps:
             points = data.x_probe[: s.hessian_points]
@@ -306,6 +326,7 @@ def train(
     theta_inf: Optional[Tensor] = None,
     loss_scale: float = 1.0,
     infinite: Optional[Predictor] = None,
+    nngp_inf: Optional[Tensor] = None,
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> TrainOutcome:
     """Train ``model`` on ``data`` and hand a row of metrics to ``recorder`` at each checkpoint.
@@ -319,6 +340,7 @@ def train(
         loss_scale: the optimised loss is L·loss_scale (1/α² for α-scaled outputs).
         infinite: Θ_∞ predictor on the train and test sets (the MSE closed form, or the
             integrated flow of :mod:`ntk_lab.kernels.flow` for cross-entropy and momentum), or None.
+        nngp_inf: NNGP_∞ on the probe set, for ``nngp_err_inf``; None skips it.
         stop_requested: polled every step; True ends training as ``interrupted``.
 
     Returns:
@@ -327,7 +349,7 @@ def train(
     s = settings
     checkpoints = set(checkpoint_steps(s.steps, s.checkpoints))
     linearized = LinearizedModel(model) if s.track_linearized else None
-    tracker = _Checkpointer(model, data, s, theta_inf, loss_scale, linearized, infinite)
+    tracker = _Checkpointer(model, data, s, theta_inf, loss_scale, linearized, infinite, nngp_inf)
     optimizer = build_optimizer(model, s.optimizer_settings(), s.parameterization)
     scheduler = build_scheduler(optimizer, s.optimizer_settings().schedule, s.steps)
     loss_fn = loss_function(s.loss)
@@ -340,7 +362,7 @@ def train(
                 row, theta, problem = tracker.row(step)
                 outcome.rows.append(row)
                 outcome.last_step = step
-                recorder.checkpoint(row, theta)
+                recorder.checkpoint(row, theta, tracker.arrays)
                 bar.set_postfix(_postfix(row))
                 if problem is not None:
                     outcome.status, outcome.diverged_step, outcome.message = STATUS_DIVERGED, step, problem

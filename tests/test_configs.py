@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from ntk_lab.config import check_overrides, validate
 from ntk_lab.run import _config_dir
+from ntk_lab.study_cli import coord_check_settings, fluctuation_settings
 from tests.conftest import TINY, run_cli
 
 CONFIG_DIR = Path(_config_dir())
@@ -47,10 +48,17 @@ def test_every_option_of_every_group_composes(group):
                 assert plain[group][key] == value, (group, option, key)
 
 
+STUDY_SETTINGS = {"coord_check": coord_check_settings, "depth_over_width": fluctuation_settings}
+
+
 @pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_preset_composes(experiment):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    if experiment in STUDY_SETTINGS:  # a study that is not a sweep of runs: its grid is a block
+        config, settings = STUDY_SETTINGS[experiment](composed([f"experiment={experiment}"]))
+        assert len(settings["widths"]) >= 2, f"{experiment} has fewer than two widths"
+        return
     assert cfg.hydra.sweeper.params, f"{experiment} sweeps nothing"
     validate(composed([f"experiment={experiment}"]))
     # every swept value is a valid setting too

@@ -1,0 +1,240 @@
+"""The kernel-geometry columns of a run's checkpoints (issue 12), from the checkpoint's Θ_t.
+
+At every checkpoint the training loop hands over Θ_t on the probe set (and, when the
+structured method already has them, the per-layer kernels Θ_{l,t} and the readout's input
+features); :class:`CheckpointGeometry` returns the row's columns
+
+    alignment, alignment_layer{i}            centered kernel-target alignment with the probe targets
+    eff_rank, top_eig_share                  of Θ_t's spectrum
+    eig_overlap_init, eig_overlap_inf        top-k eigenspace overlap with Θ_0 and with Θ_∞
+    target_power_topk                        share of ‖y‖² in Θ_t's top-k eigenspace
+    kernel_velocity                          kernel_distance to the previous checkpoint / Δtime
+    ck_kappa, nngp_err_inf                   the conjugate kernel's drift and distance to NNGP_∞
+    kappa_layer{i}, ntk_share_layer{i}       per-layer drift and share tr Θ_l / tr Θ
+
+and the arrays ``kernels.pt`` keeps (``eigvals``, ``theta_layers``). Definitions and papers:
+:mod:`ntk_lab.geometry`. Layers are numbered from 1 in forward order (the readout last), as
+the ``param_change_layer{i}`` columns.
+
+Spectra cost O(N³): above ``spectrum_max_probe`` probe points the spectral columns are NaN
+(the run's summary says so) unless the cap is raised.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ntk_lab import geometry
+from ntk_lab.features import readout_features
+from ntk_lab.kernels.structured import kernel_from_features, mlp_features
+from ntk_lab.metrics import kappa, relative_frobenius
+from ntk_lab.models import unwrap_mlp
+
+DEFAULT_TOP_K = 8
+DEFAULT_SPECTRUM_MAX_PROBE = 1024
+SPECTRAL_COLUMNS = ("eff_rank", "top_eig_share", "eig_overlap_init", "eig_overlap_inf",
+                    "target_power_topk")
+
+
+def layer_kernels(model: nn.Module, x: Tensor, memory_budget_bytes: int) -> Tensor:
+    """Per-layer NTK Θ_l (L, N, N), trace mode, summing to Θ.
+
+    Uses ``ntk_lab.kernels.empirical_ntk_layers`` (the per-layer NTK of the conv/residual
+    issue) when the package has it; until then, the MLP's structured features
+    (:func:`ntk_lab.kernels.structured.mlp_features`), one features pass.
+
+    Raises:
+        ValueError: the module has no per-layer factorization.
+    """
+    try:
+        from ntk_lab.kernels import empirical_ntk_layers  # type: ignore[attr-defined]
+    except ImportError:
+        empirical_ntk_layers = None
+    if empirical_ntk_layers is not None:
+        return empirical_ntk_layers(model, x, memory_budget_bytes=memory_budget_bytes)
+    mlp, alpha = unwrap_mlp(model)
+    if mlp is None:
+        raise ValueError(f"per-layer kernels need the structured factorization; "
+                         f"{type(model).__name__} has none")
+    with torch.no_grad():
+        feats = mlp_features(mlp, x)
+        return torch.stack([kernel_from_features([f], [f], "trace") for f in feats]) * alpha**2
+
+
+def ck_scales(model: nn.Module) -> tuple[float, float, bool]:
+    """(σ_w, σ_b, known) of the network: the MLP's, or (1, 0, False) for other modules,
+    whose conjugate kernel then has no NNGP_∞ to compare with."""
+    mlp, _ = unwrap_mlp(model)
+    inner = mlp if mlp is not None else model
+    w_std, b_std = getattr(inner, "w_std", None), getattr(inner, "b_std", None)
+    if isinstance(w_std, (int, float)) and isinstance(b_std, (int, float)):
+        return float(w_std), float(b_std), True
+    return 1.0, 0.0, False
+
+
+class CheckpointGeometry:
+    """Computes the geometry columns checkpoint after checkpoint; the first call is step 0.
+
+    Args:
+        y_probe: (N, O) targets of the probe inputs, or None (alignment and target power NaN).
+        theta_inf: (N, N) Θ_∞ on the probe set, or None.
+        nngp_inf: (N, N) NNGP_∞ on the probe set, or None.
+        w_std, b_std: σ_w, σ_b of the conjugate kernel (:func:`ck_scales`).
+        top_k: k of the eigenspace overlaps and the target power (≤ N used).
+        spectrum_max_probe: the largest N whose spectrum is computed.
+    """
+
+    def __init__(self, y_probe: Optional[Tensor], theta_inf: Optional[Tensor],
+                 nngp_inf: Optional[Tensor], *, w_std: float = 1.0, b_std: float = 0.0,
+                 top_k: int = DEFAULT_TOP_K,
+                 spectrum_max_probe: int = DEFAULT_SPECTRUM_MAX_PROBE):
+        self.y = y_probe
+        self.nngp_inf = nngp_inf
+        self.w_std, self.b_std = w_std, b_std
+        self.top_k = top_k
+        self.spectrum_max_probe = spectrum_max_probe
+        self.theta_inf = theta_inf
+        self._u_inf: Optional[Tensor] = None
+        self._u_0: Optional[Tensor] = None
+        self._layers_0: Optional[Tensor] = None
+        self._ck_0: Optional[Tensor] = None
+        self._previous: Optional[tuple[Tensor, float]] = None
+
+    def spectra_computed(self, n_probe: int) -> bool:
+        return n_probe <= self.spectrum_max_probe
+
+    def __call__(self, theta: Tensor, time: float, *, theta_layers: Optional[Tensor] = None,
+                 features: Optional[Tensor] = None) -> tuple[dict, dict]:
+        """The columns of one checkpoint, and the arrays to keep.
+
+        Args:
+            theta: Θ_t (N, N).
+            time: η·step of the checkpoint.
+            theta_layers: Θ_{l,t} (L, N, N), or None (no per-layer columns).
+            features: the readout's input features (N, n) at θ_t, or None (no CK columns).
+
+        Returns:
+            (columns, arrays): arrays has ``eigvals`` (N,) float64 when the spectrum was
+            computed and ``theta_layers`` when given.
+        """
+        theta64 = theta.detach().double()
+        nan = float("nan")
+        row: dict = {"alignment": self._alignment(theta64)}
+        arrays: dict = {}
+        row.update(self._spectral(theta64, arrays))
+        if self._previous is None:
+            row["kernel_velocity"] = nan
+        else:
+            prev, prev_time = self._previous
+            dt = time - prev_time
+            row["kernel_velocity"] = geometry.kernel_velocity(theta64, prev, dt) if dt > 0 else nan
+        self._previous = (theta64, time)
+        if features is not None:
+            row.update(self._conjugate_kernel(features))
+        if theta_layers is not None:
+            row.update(self._layers(theta_layers.detach()))
+            arrays["theta_layers"] = theta_layers.detach()
+        return row, arrays
+
+    def _alignment(self, kernel: Tensor) -> float:
+        return geometry.centered_alignment(kernel, self.y) if self.y is not None else float("nan")
+
+    def _spectral(self, theta: Tensor, arrays: dict) -> dict:
+        if not self.spectra_computed(theta.shape[0]):
+            return {name: float("nan") for name in SPECTRAL_COLUMNS}
+        spec = geometry.spectrum(theta)
+        arrays["eigvals"] = spec.eigvals
+        u_t = spec.top(self.top_k)
+        if self._u_0 is None:
+            self._u_0 = u_t
+            if self.theta_inf is not None:
+                self._u_inf = geometry.spectrum(self.theta_inf.to(theta.device)).top(self.top_k)
+        return {
+            "eff_rank": geometry.effective_rank(spec.eigvals),
+            "top_eig_share": geometry.top_eig_share(spec.eigvals),
+            "eig_overlap_init": geometry.eigenspace_overlap(u_t, self._u_0),
+            "eig_overlap_inf": (geometry.eigenspace_overlap(u_t, self._u_inf)
+                                if self._u_inf is not None else float("nan")),
+            "target_power_topk": (geometry.target_power_topk(u_t, self.y)
+                                  if self.y is not None else float("nan")),
+        }
+
+    def _conjugate_kernel(self, features: Tensor) -> dict:
+        ck = geometry.conjugate_kernel(features, self.w_std, self.b_std)
+        if self._ck_0 is None:
+            self._ck_0 = ck
+        err = (relative_frobenius(ck, self.nngp_inf.to(ck.device))
+               if self.nngp_inf is not None else float("nan"))
+        return {"ck_kappa": kappa(ck, self._ck_0), "nngp_err_inf": err}
+
+    def _layers(self, layers: Tensor) -> dict:
+        if self._layers_0 is None:
+            self._layers_0 = layers
+        shares = geometry.trace_shares(layers)
+        row = {}
+        for i in range(layers.shape[0]):
+            row[f"kappa_layer{i + 1}"] = kappa(layers[i], self._layers_0[i])
+            row[f"ntk_share_layer{i + 1}"] = shares[i].item()
+            row[f"alignment_layer{i + 1}"] = self._alignment(layers[i])
+        return row
+
+
+def probe_geometry_inputs(model: nn.Module, x_probe: Tensor, memory_budget_bytes: int,
+                          tracker: object = None) -> tuple[Optional[Tensor], Tensor]:
+    """(Θ_{l,t} or None, the readout's input features) of ``model`` on the probe set.
+
+    Takes them from the kernel tracker's last call when it kept them (one features pass for
+    everything); otherwise computes them (:func:`layer_kernels`, a forward hook). Per-layer
+    kernels are None for a module without the per-layer factorization.
+    """
+    layers = getattr(tracker, "theta_layers", None)
+    features = getattr(tracker, "readout_features", None)
+    if layers is None:
+        try:
+            layers = layer_kernels(model, x_probe, memory_budget_bytes)
+        except ValueError:
+            layers = None
+    if features is None:
+        features = readout_features(model, x_probe)
+    return layers, features
+
+
+def spectrum_note(n_probe: int, spectrum_max_probe: int) -> Optional[str]:
+    """The summary's note when the spectral columns are skipped, else None."""
+    if n_probe <= spectrum_max_probe:
+        return None
+    return (f"spectral columns ({', '.join(SPECTRAL_COLUMNS)}) and eigvals skipped: "
+            f"n_probe {n_probe} > ntk.spectrum_max_probe {spectrum_max_probe} "
+            f"(eigh costs O(N³) per checkpoint)")
+
+
+def layers_to_store(level: str, n_probe: int, n_layers: int, n_checkpoints: int, itemsize: int,
+                    planned_bytes: int, max_mb: int, explicit: bool) -> str:
+    """Which Θ_{l,t} ``kernels.pt`` keeps, at the storage plan's level when it fits.
+
+    An explicit ``ntk.store`` level is followed as it is (like Θ_t); under ``auto`` the
+    per-layer kernels are kept at the plan's level only if the whole file stays under
+    ``store_max_mb``, else at the first and last checkpoints if that fits, else not at all.
+
+    Args:
+        level: the plan's level for Θ_t ("all", "ends", "none").
+        n_probe, n_layers, n_checkpoints: N, L and K.
+        itemsize: bytes per stored entry (the dtype Θ_t is stored in).
+        planned_bytes: the plan's size without the per-layer kernels.
+        max_mb: ``ntk.store_max_mb``.
+        explicit: the user set ``ntk.store`` to a level.
+
+    Returns:
+        "all", "ends" or "none".
+    """
+    if explicit or level == "none":
+        return level
+    per_matrix = itemsize * n_probe * n_probe * n_layers
+    for candidate in (("all", "ends") if level == "all" else ("ends",)):
+        kept = n_checkpoints if candidate == "all" else min(2, n_checkpoints)
+        if planned_bytes + kept * per_matrix <= max_mb * 10**6:
+            return candidate
+    return "none"
