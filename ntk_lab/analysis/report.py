@@ -21,6 +21,7 @@ from ntk_lab.analysis.collect import (
 from ntk_lab.analysis.fit import (
     CONFIDENCE, X_OUTPUT_SCALE, FitSpec, FitTable, PowerLawFit,
 )
+from ntk_lab.analysis.geometry_fits import geometry_expected_slope
 from ntk_lab.records import (
     STATUS_DIVERGED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_OK, atomic_write_text,
 )
@@ -167,6 +168,9 @@ def expected_slope(spec: FitSpec, group: Mapping[str, Any], sweep: Sweep) -> str
     if spec.metric == "ntk_err_inf":
         return "-0.5"
     parameterization = _setting(sweep, group, "parameterization")
+    geometric = geometry_expected_slope(spec.metric, parameterization)
+    if geometric is not None:
+        return geometric
     if spec.metric == "kappa":
         if parameterization == "mup":
             return "≈ 0 (feature learning)"
