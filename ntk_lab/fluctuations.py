@@ -36,7 +36,7 @@ from ntk_lab.models import MLP
 
 # Columns of fluctuations.csv (the issue's contract) and the extra ones that follow them.
 TABLE_COLUMNS = ("width", "depth", "beta", "n_seeds", "moment_ratio", "ci_low", "ci_high")
-EXTRA_COLUMNS = ("mean_theta", "theta_inf")
+EXTRA_COLUMNS = ("mean_theta", "mean_theta_se", "theta_inf")
 FIT_COLUMNS = ("scope", "rate", "intercept", "ci_low", "ci_high", "n_points", "beta_max",
                "ci_method")
 
@@ -199,7 +199,8 @@ class FluctuationResult:
 
     Attributes:
         table: columns :data:`TABLE_COLUMNS` + :data:`EXTRA_COLUMNS`, one row per (width,
-            depth); ``mean_theta`` = mean Θ(x, x) over seeds, ``theta_inf`` = Θ_∞(x, x).
+            depth); ``mean_theta`` = mean Θ(x, x) over seeds, ``mean_theta_se`` its standard
+            error, ``theta_inf`` = Θ_∞(x, x).
         replicates: (rows, B) bootstrap moment ratios, row order as the table's.
     """
 
@@ -238,6 +239,7 @@ def measure_grid(
             rows.append({"width": width, "depth": depth, "beta": depth / width,
                          "n_seeds": n_seeds, "moment_ratio": moment_ratio(samples),
                          "ci_low": low, "ci_high": high, "mean_theta": float(samples.mean()),
+                         "mean_theta_se": float(samples.std(ddof=1) / math.sqrt(n_seeds)),
                          "theta_inf": float(theta_inf[0, 0])})
             replicates.append(boot)
     table = pd.DataFrame(rows, columns=[*TABLE_COLUMNS, *EXTRA_COLUMNS])

@@ -205,10 +205,13 @@ def conjugate_kernel(features: Tensor, w_std: float, b_std: float) -> Tensor:
         w_std, b_std: σ_w and σ_b of the network.
 
     Returns:
-        (N, N) float64.
+        (N, N) float64. The Gram product is taken in the features' dtype (the precision the
+        NTK itself is computed in; a float64 product of float32 features would cost 2–4× as
+        much at large N for no accuracy the features have) and then converted.
     """
-    phi = _f64(features)
-    return float(w_std) ** 2 * (phi @ phi.T) / phi.shape[1] + float(b_std) ** 2
+    phi = features.detach()
+    gram = _f64(phi @ phi.T)
+    return float(w_std) ** 2 * gram / phi.shape[1] + float(b_std) ** 2
 
 
 def trace_shares(theta_layers: Tensor) -> Tensor:

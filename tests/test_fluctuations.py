@@ -110,5 +110,8 @@ def test_measure_grid_table_columns_and_theta_inf():
                                    "ci_low", "ci_high"]
     assert np.allclose(t["beta"], t["depth"] / t["width"])
     assert (t["ci_low"] <= t["moment_ratio"]).all() and (t["moment_ratio"] <= t["ci_high"]).all()
-    assert np.allclose(t.loc[t["depth"] == 1, "theta_inf"], 4.0)
+    one = t[t["depth"] == 1]
+    assert np.allclose(one["theta_inf"], 4.0)
+    # E[Θ] = Θ_∞(x, x) exactly for one hidden layer (see the identity test above)
+    assert (abs(one["mean_theta"] - one["theta_inf"]) < Z_MAX * one["mean_theta_se"]).all()
     assert result.replicates.shape[0] == len(t)

@@ -24,7 +24,7 @@ def plot_moment_ratio_vs_beta(table: pd.DataFrame, fits: pd.DataFrame, path: Pat
 
     Args:
         table: fluctuations.csv (``width, depth, beta, moment_ratio, ci_low, ci_high,
-            mean_theta, theta_inf``).
+            mean_theta, mean_theta_se, theta_inf``).
         fits: the rate fits (``scope, rate, intercept, ci_low, ci_high``).
         path: the PNG to write.
 
@@ -42,8 +42,10 @@ def plot_moment_ratio_vs_beta(table: pd.DataFrame, fits: pd.DataFrame, path: Pat
                            rows["ci_high"].to_numpy(float) - ratio])
         ax.errorbar(beta, ratio, yerr=errors, color=color, marker="o", markersize=4,
                     capsize=2, label=f"width {width}")
-        ax_mean.plot(beta, rows["mean_theta"].to_numpy(float) / rows["theta_inf"].to_numpy(float),
-                     color=color, marker="o", markersize=4, label=f"width {width}")
+        theta_inf = rows["theta_inf"].to_numpy(float)
+        ax_mean.errorbar(beta, rows["mean_theta"].to_numpy(float) / theta_inf,
+                         yerr=2 * rows["mean_theta_se"].to_numpy(float) / theta_inf, color=color,
+                         marker="o", markersize=4, capsize=2, label=f"width {width}")
     grid = np.linspace(0.0, float(table["beta"].max()), 100)
     overall = fits[fits["scope"] == "all"]
     if len(overall) and np.isfinite(overall["rate"].iloc[0]):
@@ -61,7 +63,7 @@ def plot_moment_ratio_vs_beta(table: pd.DataFrame, fits: pd.DataFrame, path: Pat
     add_legend(fig, ax)
     ax_mean.axhline(1.0, color="0.55", linestyle=":")
     ax_mean.set_xlabel(BETA_LABEL)
-    ax_mean.set_ylabel(r"mean $\Theta(x,x)$ over seeds $/\ \Theta_\infty(x,x)$")
+    ax_mean.set_ylabel(r"mean $\Theta(x,x)$ over seeds $/\ \Theta_\infty(x,x)$ (± 2 s.e.)")
     ax_mean.set_title("Mean of the NTK diagonal against the infinite-width value")
     ax_mean.grid(True, which="major", alpha=0.3)
     return save_figure(fig, path)
