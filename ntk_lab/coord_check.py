@@ -185,21 +185,22 @@ def write_study(table: pd.DataFrame, fits: pd.DataFrame, out_dir: Path, settings
     drawn = [name for metric, name in FIGURES.items()
              if plot_coord_check(table, metric, out_dir / name)]
     last = int(table["step"].max()) if len(table) else 0
-    final = fits[fits["step"] == last] if len(fits) else fits
-    delta = final[final["metric"] == "l1_delta"].drop(columns=["metric", "step"])
-    size = final[final["metric"] == "l1"].drop(columns=["metric", "step", "predicted"])
-    blown = table[~np.isfinite(table["l1"].to_numpy(float))]
     lines = ["# Coordinate check", "",
              "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), "",
              "Layer i ≤ depth is hidden layer i's activation; layer depth+1 is the output f. "
              "Prediction (Yang & Hu 2021): hidden l1_delta ∝ width^(−1/2) under ntk, ∝ width^0 "
-             "under mup; under standard at a fixed lr the output grows with width.", "",
-             f"## Slope of l1_delta against width after step {last}", "",
-             *_markdown_table(delta), "",
-             f"## Slope of l1 (activation size) against width after step {last}", "",
-             *_markdown_table(size), "",
-             "Intervals: 95 % (bootstrap over seeds when every width has ≥ 2 seeds, else OLS-t). "
-             "All steps are in fits.csv.", ""]
+             "under mup; under standard at a fixed lr the output grows with width.", ""]
+    for step in sorted({1, last}):
+        at = fits[fits["step"] == step] if len(fits) else fits
+        delta = at[at["metric"] == "l1_delta"].drop(columns=["metric", "step"])
+        size = at[at["metric"] == "l1"].drop(columns=["metric", "step", "predicted"])
+        lines += [f"## Slope of l1_delta against width after step {step}", "",
+                  *_markdown_table(delta), "",
+                  f"## Slope of l1 (activation size) against width after step {step}", "",
+                  *_markdown_table(size), ""]
+    lines += ["Intervals: 95 % (bootstrap over seeds when every width has ≥ 2 seeds, else "
+              "OLS-t). All steps are in fits.csv.", ""]
+    blown = table[~np.isfinite(table["l1"].to_numpy(float))]
     if len(blown):
         worst = blown.groupby(["parameterization", "width"])["step"].min().reset_index()
         lines += ["## Blown-up runs (non-finite activations, left out of the fits)", "",
