@@ -107,14 +107,15 @@ class CheckpointGeometry:
         return n_probe <= self.spectrum_max_probe
 
     def __call__(self, theta: Tensor, time: float, *, theta_layers: Optional[Tensor] = None,
-                 features: Optional[Tensor] = None) -> tuple[dict, dict]:
+                 ck: Optional[Tensor] = None) -> tuple[dict, dict]:
         """The columns of one checkpoint, and the arrays to keep.
 
         Args:
             theta: Θ_t (N, N).
             time: η·step of the checkpoint.
             theta_layers: Θ_{l,t} (L, N, N), or None (no per-layer columns).
-            features: the readout's input features (N, n) at θ_t, or None (no CK columns).
+            ck: the conjugate kernel at θ_t (N, N) (:func:`probe_geometry_inputs`), or None
+                (no CK columns).
 
         Returns:
             (columns, arrays): arrays has ``eigvals`` (N,) float64 when the spectrum was
@@ -132,8 +133,8 @@ class CheckpointGeometry:
             dt = time - prev_time
             row["kernel_velocity"] = geometry.kernel_velocity(theta64, prev, dt) if dt > 0 else nan
         self._previous = (theta64, time)
-        if features is not None:
-            row.update(self._conjugate_kernel(features))
+        if ck is not None:
+            row.update(self._conjugate_kernel(ck))
         if theta_layers is not None:
             row.update(self._layers(theta_layers.detach()))
             arrays["theta_layers"] = theta_layers.detach()
@@ -162,8 +163,8 @@ class CheckpointGeometry:
                                   if self.y is not None else float("nan")),
         }
 
-    def _conjugate_kernel(self, features: Tensor) -> dict:
-        ck = geometry.conjugate_kernel(features, self.w_std, self.b_std)
+    def _conjugate_kernel(self, ck: Tensor) -> dict:
+        ck = ck.double()
         if self._ck_0 is None:
             self._ck_0 = ck
         err = (relative_frobenius(ck, self.nngp_inf.to(ck.device))
@@ -172,34 +173,58 @@ class CheckpointGeometry:
 
     def _layers(self, layers: Tensor) -> dict:
         if self._layers_0 is None:
-            self._layers_0 = layers
+            self._layers_0 = layers  # in the computed dtype: L × N × N, not twice that
         shares = geometry.trace_shares(layers)
         row = {}
         for i in range(layers.shape[0]):
-            row[f"kappa_layer{i + 1}"] = kappa(layers[i], self._layers_0[i])
+            layer = layers[i].double()  # converted once for the three columns
+            row[f"kappa_layer{i + 1}"] = kappa(layer, self._layers_0[i])
             row[f"ntk_share_layer{i + 1}"] = shares[i].item()
-            row[f"alignment_layer{i + 1}"] = self._alignment(layers[i])
+            row[f"alignment_layer{i + 1}"] = self._alignment(layer)
         return row
+
+
+def readout_conjugate_kernel(model: nn.Module, theta_readout: Tensor) -> Optional[Tensor]:
+    """The conjugate kernel of an MLP from its readout layer's NTK block, in O(N²).
+
+    The readout's output sensitivity is the identity, so its block of Θ (trace mode) is
+    exactly Θ_{L+1} = α²(m_W² ΦΦᵀ + m_b²) with Φ the readout's input features: hence
+    ΦΦᵀ = (Θ_{L+1}/α² − m_b²)/m_W² and CK = σ_w² ΦΦᵀ/n + σ_b² (:func:`geometry.conjugate_kernel`)
+    without a second N × N × n Gram product. Under ``ntk`` CK = Θ_{L+1}/α².
+
+    Returns:
+        (N, N) float64, or None for a module that is not an MLP.
+    """
+    mlp, alpha = unwrap_mlp(model)
+    if mlp is None:
+        return None
+    readout = mlp.layers[-1]
+    gram = (theta_readout.double() / alpha**2 - readout.bias_multiplier**2) \
+        / readout.weight_multiplier**2
+    return mlp.w_std**2 * gram / readout.in_features + mlp.b_std**2
 
 
 def probe_geometry_inputs(model: nn.Module, x_probe: Tensor, memory_budget_bytes: int,
                           tracker: object = None) -> tuple[Optional[Tensor], Tensor]:
-    """(Θ_{l,t} or None, the readout's input features) of ``model`` on the probe set.
+    """(Θ_{l,t} or None, the conjugate kernel) of ``model`` on the probe set.
 
-    Takes them from the kernel tracker's last call when it kept them (one features pass for
-    everything); otherwise computes them (:func:`layer_kernels`, a forward hook). Per-layer
-    kernels are None for a module without the per-layer factorization.
+    Per-layer kernels come from the kernel tracker's last call when it kept them (one
+    features pass for everything), else from :func:`layer_kernels` (None for a module
+    without the per-layer factorization). The conjugate kernel of an MLP comes from its
+    readout block (:func:`readout_conjugate_kernel`); for other modules, from the readout's
+    input features read by a forward hook (σ_w, σ_b of :func:`ck_scales`).
     """
     layers = getattr(tracker, "theta_layers", None)
-    features = getattr(tracker, "readout_features", None)
     if layers is None:
         try:
             layers = layer_kernels(model, x_probe, memory_budget_bytes)
         except ValueError:
             layers = None
-    if features is None:
-        features = readout_features(model, x_probe)
-    return layers, features
+    ck = readout_conjugate_kernel(model, layers[-1]) if layers is not None else None
+    if ck is None:
+        w_std, b_std, _ = ck_scales(model)
+        ck = geometry.conjugate_kernel(readout_features(model, x_probe), w_std, b_std)
+    return layers, ck
 
 
 def spectrum_note(n_probe: int, spectrum_max_probe: int) -> Optional[str]:

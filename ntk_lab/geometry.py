@@ -46,10 +46,11 @@ def center_kernel(kernel: Tensor) -> Tensor:
         kernel: (N, N).
 
     Returns:
-        (N, N) float64.
+        (N, N) float64, a new tensor (centered in place: one N × N allocation).
     """
-    k = _f64(kernel)
-    return (k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean())
+    k = kernel.detach().to(torch.float64, copy=True)
+    rows, cols, mean = k.mean(dim=1, keepdim=True), k.mean(dim=0, keepdim=True), k.mean()
+    return k.sub_(rows).sub_(cols).add_(mean)
 
 
 def centered_alignment(kernel: Tensor, targets: Tensor) -> float:
@@ -57,8 +58,9 @@ def centered_alignment(kernel: Tensor, targets: Tensor) -> float:
 
         A(K, Y) = ⟨HKH, HYH⟩_F / (‖HKH‖_F ‖HYH‖_F),   Y = y yᵀ,   H = I − 11ᵀ/N.
 
-    Since H is a projection, ⟨HKH, HYH⟩_F = tr((Hy)ᵀ K (Hy)); it is computed from the
-    centered matrices directly. A lies in [−1, 1] (in [0, 1] for a positive semi-definite K).
+    Since H is a projection, ⟨HKH, HYH⟩_F = tr((Hy)ᵀ (HKH) (Hy)) and ‖HYH‖_F = ‖(Hy)ᵀ(Hy)‖_F
+    (O × O), so only HKH is formed. A lies in [−1, 1] (in [0, 1] for a positive
+    semi-definite K).
 
     Args:
         kernel: (N, N) kernel on the probe inputs.
@@ -73,9 +75,9 @@ def centered_alignment(kernel: Tensor, targets: Tensor) -> float:
         raise ValueError(f"targets have {y.shape[0]} rows, the kernel is {tuple(kernel.shape)}")
     kc = center_kernel(kernel)
     yc = y - y.mean(dim=0, keepdim=True)  # H y
-    target_kernel = yc @ yc.T  # H Y H
-    denom = (torch.linalg.norm(kc) * torch.linalg.norm(target_kernel)).item()
-    return (kc * target_kernel).sum().item() / denom if denom > 0 else float("nan")
+    inner = (yc * (kc @ yc)).sum().item()  # ⟨HKH, HYH⟩
+    denom = (torch.linalg.norm(kc) * torch.linalg.norm(yc.T @ yc)).item()
+    return inner / denom if denom > 0 else float("nan")
 
 
 @dataclass(frozen=True)

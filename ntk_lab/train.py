@@ -228,10 +228,9 @@ class _Checkpointer:
             row.update(self._kernel_metrics(theta))
             if jac_change is not None:
                 row["jac_change"] = jac_change
-            layers, features = probe_geometry_inputs(self.model, data.x_probe,
-                                                     s.memory_budget_bytes, self.kernels)
-            columns, self.arrays = self.geometry(theta, s.lr * step, theta_layers=layers,
-                                                 features=features)
+            layers, ck = probe_geometry_inputs(self.model, data.x_probe, s.memory_budget_bytes,
+                                               self.kernels)
+            columns, self.arrays = self.geometry(theta, s.lr * step, theta_layers=layers, ck=ck)
             row.update(columns)
         row.update(self._lazy_comparison(step, f_test.double()))
         if s.kappa_hessian and step == s.steps:

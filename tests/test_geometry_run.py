@@ -124,3 +124,22 @@ def test_per_layer_kernels_follow_the_storage_cap():
     assert layers_to_store("ends", 1000, 4, 21, 4, 100 * mb, 256, explicit=False) == "ends"
     assert layers_to_store("all", 1000, 4, 21, 4, 250 * mb, 256, explicit=True) == "all"
     assert layers_to_store("none", 10, 4, 21, 4, 0, 256, explicit=False) == "none"
+
+
+@pytest.mark.parametrize("parameterization", ["ntk", "standard", "mup"])
+@pytest.mark.parametrize("alpha", [1.0, 3.0])
+def test_conjugate_kernel_from_the_readout_block_equals_the_features_gram(parameterization, alpha):
+    """CK from Θ_{L+1} (readout_conjugate_kernel) against σ_w²ΦΦᵀ/n + σ_b² with Φ read by a
+    forward hook: two independent routes to the same matrix."""
+    from ntk_lab.checkpoint_geometry import readout_conjugate_kernel
+    from ntk_lab.features import readout_features
+    from ntk_lab.models import ScaledOutput
+
+    net = MLP(3, 9, 2, out_dim=2, parameterization=parameterization, w_std=1.3, b_std=0.4,
+              seed=5, dtype=F64)
+    model = ScaledOutput(net, alpha, center=False) if alpha != 1.0 else net
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(6), dtype=F64)
+    layers = per_layer_ntk_by_jacobians(model, x)
+    expected = geometry.conjugate_kernel(readout_features(model, x), 1.3, 0.4)
+    torch.testing.assert_close(readout_conjugate_kernel(model, layers[-1]), expected,
+                               atol=PATH_AGREEMENT_ATOL, rtol=0)

@@ -47,9 +47,8 @@ class ProbeKernelTracker:
         jac_change: also compute ``jac_change``; False returns None for it and keeps nothing
             of θ_0.
         layers: on the fused structured path, also keep the last call's per-layer kernels
-            ``theta_layers`` (L, N, N), whose sum is Θ, and the readout's input features
-            ``readout_features`` (N, n) — what the checkpoint geometry needs, without a
-            second features pass (both stay None on the other paths).
+            ``theta_layers`` (L, N, N), whose sum is Θ — what the checkpoint geometry needs,
+            without a second features pass (None on the other paths).
     """
 
     def __init__(self, model: nn.Module, x_probe: Tensor, *, method: str = "auto",
@@ -58,7 +57,6 @@ class ProbeKernelTracker:
         self.x = x_probe
         self.keep_layers = layers
         self.theta_layers: Optional[Tensor] = None
-        self.readout_features: Optional[Tensor] = None
         self.method = resolve_method(model, x_probe, None, method)
         self.budget = memory_budget_bytes
         self.track_jacobian = jac_change
@@ -105,7 +103,6 @@ class ProbeKernelTracker:
             if self.keep_layers:  # the same Gram products, kept per layer, then summed
                 self.theta_layers = torch.stack(
                     [symmetric_kernel_from_features([f]) for f in feats]) * alpha**2
-                self.readout_features = feats[-1].h
                 theta = self.theta_layers.sum(0)
             else:
                 theta = symmetric_kernel_from_features(feats) * alpha**2
