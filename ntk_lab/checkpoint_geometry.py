@@ -100,6 +100,7 @@ class CheckpointGeometry:
         self._u_inf: Optional[Tensor] = None
         self._u_0: Optional[Tensor] = None
         self._layers_0: Optional[Tensor] = None
+        self._layer_norms_0: Optional[Tensor] = None
         self._ck_0: Optional[Tensor] = None
         self._previous: Optional[tuple[Tensor, float]] = None
 
@@ -140,8 +141,10 @@ class CheckpointGeometry:
             arrays["theta_layers"] = theta_layers.detach()
         return row, arrays
 
-    def _alignment(self, kernel: Tensor) -> float:
-        return geometry.centered_alignment(kernel, self.y) if self.y is not None else float("nan")
+    def _alignment(self, kernel: Tensor, overwrite: bool = False) -> float:
+        if self.y is None:
+            return float("nan")
+        return geometry.centered_alignment(kernel, self.y, overwrite=overwrite)
 
     def _spectral(self, theta: Tensor, arrays: dict) -> dict:
         if not self.spectra_computed(theta.shape[0]):
@@ -172,15 +175,22 @@ class CheckpointGeometry:
         return {"ck_kappa": kappa(ck, self._ck_0), "nngp_err_inf": err}
 
     def _layers(self, layers: Tensor) -> dict:
+        """Per layer: κ_l, the trace share and the alignment, with two N × N float64 buffers
+        per layer (the layer, its difference to step 0) — at N = 4096 these columns are
+        memory-bound, so nothing is converted twice."""
         if self._layers_0 is None:
             self._layers_0 = layers  # in the computed dtype: L × N × N, not twice that
+            self._layer_norms_0 = torch.stack(
+                [torch.linalg.norm(layer.double()) for layer in layers])
         shares = geometry.trace_shares(layers)
         row = {}
         for i in range(layers.shape[0]):
-            layer = layers[i].double()  # converted once for the three columns
-            row[f"kappa_layer{i + 1}"] = kappa(layer, self._layers_0[i])
+            layer = layers[i].to(torch.float64, copy=True)  # centered in place below
+            norm_0 = self._layer_norms_0[i].item()  # κ_l = ‖Θ_l,t − Θ_l,0‖ / ‖Θ_l,0‖ (metrics.kappa)
+            change = torch.linalg.norm(layer - self._layers_0[i]).item()
+            row[f"kappa_layer{i + 1}"] = change / norm_0 if norm_0 > 0 else float("nan")
             row[f"ntk_share_layer{i + 1}"] = shares[i].item()
-            row[f"alignment_layer{i + 1}"] = self._alignment(layer)
+            row[f"alignment_layer{i + 1}"] = self._alignment(layer, overwrite=True)
         return row
 
 
@@ -199,9 +209,11 @@ def readout_conjugate_kernel(model: nn.Module, theta_readout: Tensor) -> Optiona
     if mlp is None:
         return None
     readout = mlp.layers[-1]
-    gram = (theta_readout.double() / alpha**2 - readout.bias_multiplier**2) \
-        / readout.weight_multiplier**2
-    return mlp.w_std**2 * gram / readout.in_features + mlp.b_std**2
+    # CK = a·Θ_{L+1} + b, applied in place on one float64 copy
+    scale = mlp.w_std**2 / (readout.in_features * readout.weight_multiplier**2)
+    a = scale / alpha**2
+    b = mlp.b_std**2 - scale * readout.bias_multiplier**2
+    return theta_readout.detach().to(torch.float64, copy=True).mul_(a).add_(b)
 
 
 def probe_geometry_inputs(model: nn.Module, x_probe: Tensor, memory_budget_bytes: int,

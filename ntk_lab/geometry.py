@@ -39,21 +39,24 @@ def _as_targets(y: Tensor) -> Tensor:
     return y.unsqueeze(1) if y.dim() == 1 else y
 
 
-def center_kernel(kernel: Tensor) -> Tensor:
+def center_kernel(kernel: Tensor, *, overwrite: bool = False) -> Tensor:
     """HKH with H = I − 11ᵀ/N, in float64: K minus its row and column means plus its mean.
 
     Args:
         kernel: (N, N).
+        overwrite: center a float64 ``kernel`` in place (no allocation; the caller's tensor
+            is changed). Otherwise a new tensor is centered in place: one N × N allocation.
 
     Returns:
-        (N, N) float64, a new tensor (centered in place: one N × N allocation).
+        (N, N) float64.
     """
-    k = kernel.detach().to(torch.float64, copy=True)
+    in_place = overwrite and kernel.dtype == torch.float64
+    k = kernel.detach() if in_place else kernel.detach().to(torch.float64, copy=True)
     rows, cols, mean = k.mean(dim=1, keepdim=True), k.mean(dim=0, keepdim=True), k.mean()
     return k.sub_(rows).sub_(cols).add_(mean)
 
 
-def centered_alignment(kernel: Tensor, targets: Tensor) -> float:
+def centered_alignment(kernel: Tensor, targets: Tensor, *, overwrite: bool = False) -> float:
     """Centered kernel-target alignment (Cortes, Mohri & Rostamizadeh 2012, Def. 4).
 
         A(K, Y) = ⟨HKH, HYH⟩_F / (‖HKH‖_F ‖HYH‖_F),   Y = y yᵀ,   H = I − 11ᵀ/N.
@@ -66,6 +69,7 @@ def centered_alignment(kernel: Tensor, targets: Tensor) -> float:
         kernel: (N, N) kernel on the probe inputs.
         targets: (N,) or (N, O) targets of the same inputs; with several outputs
             Y = y yᵀ = Σ_o y_o y_oᵀ.
+        overwrite: a float64 ``kernel`` may be centered in place (it is changed).
 
     Returns:
         A, or NaN when HKH or HYH vanishes (a constant kernel or constant targets).
@@ -73,7 +77,7 @@ def centered_alignment(kernel: Tensor, targets: Tensor) -> float:
     y = _as_targets(targets).to(kernel.device)
     if y.shape[0] != kernel.shape[0]:
         raise ValueError(f"targets have {y.shape[0]} rows, the kernel is {tuple(kernel.shape)}")
-    kc = center_kernel(kernel)
+    kc = center_kernel(kernel, overwrite=overwrite)
     yc = y - y.mean(dim=0, keepdim=True)  # H y
     inner = (yc * (kc @ yc)).sum().item()  # ⟨HKH, HYH⟩
     denom = (torch.linalg.norm(kc) * torch.linalg.norm(yc.T @ yc)).item()
