@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from ntk_lab import geometry
 from ntk_lab.features import readout_features
 from ntk_lab.kernels.structured import kernel_from_features, mlp_features
-from ntk_lab.metrics import kappa, relative_frobenius
 from ntk_lab.models import unwrap_mlp
 
 DEFAULT_TOP_K = 8
@@ -100,8 +99,9 @@ class CheckpointGeometry:
         self._u_inf: Optional[Tensor] = None
         self._u_0: Optional[Tensor] = None
         self._layers_0: Optional[Tensor] = None
-        self._layer_norms_0: Optional[Tensor] = None
+        self._layer_norms_0: Optional[list[float]] = None
         self._ck_0: Optional[Tensor] = None
+        self._ck_norm_0 = self._nngp_norm = float("nan")
         self._previous: Optional[tuple[Tensor, float]] = None
 
     def spectra_computed(self, n_probe: int) -> bool:
@@ -122,18 +122,18 @@ class CheckpointGeometry:
             (columns, arrays): arrays has ``eigvals`` (N,) float64 when the spectrum was
             computed and ``theta_layers`` when given.
         """
-        theta64 = theta.detach().double()
+        theta = theta.detach()  # read, never written: the recorder may hold the same tensor
         nan = float("nan")
-        row: dict = {"alignment": self._alignment(theta64)}
+        row: dict = {"alignment": self._alignment(theta)}
         arrays: dict = {}
-        row.update(self._spectral(theta64, arrays))
+        row.update(self._spectral(theta, arrays))
         if self._previous is None:
             row["kernel_velocity"] = nan
         else:
             prev, prev_time = self._previous
             dt = time - prev_time
-            row["kernel_velocity"] = geometry.kernel_velocity(theta64, prev, dt) if dt > 0 else nan
-        self._previous = (theta64, time)
+            row["kernel_velocity"] = geometry.kernel_velocity(theta, prev, dt) if dt > 0 else nan
+        self._previous = (theta, time)
         if ck is not None:
             row.update(self._conjugate_kernel(ck))
         if theta_layers is not None:
@@ -141,10 +141,8 @@ class CheckpointGeometry:
             arrays["theta_layers"] = theta_layers.detach()
         return row, arrays
 
-    def _alignment(self, kernel: Tensor, overwrite: bool = False) -> float:
-        if self.y is None:
-            return float("nan")
-        return geometry.centered_alignment(kernel, self.y, overwrite=overwrite)
+    def _alignment(self, kernel: Tensor) -> float:
+        return geometry.centered_alignment(kernel, self.y) if self.y is not None else float("nan")
 
     def _spectral(self, theta: Tensor, arrays: dict) -> dict:
         if not self.spectra_computed(theta.shape[0]):
@@ -167,30 +165,31 @@ class CheckpointGeometry:
         }
 
     def _conjugate_kernel(self, ck: Tensor) -> dict:
-        ck = ck.double()
         if self._ck_0 is None:
             self._ck_0 = ck
-        err = (relative_frobenius(ck, self.nngp_inf.to(ck.device))
+            self._ck_norm_0 = geometry.frobenius_norm(ck)
+            if self.nngp_inf is not None:
+                self.nngp_inf = self.nngp_inf.to(ck.device)
+                self._nngp_norm = geometry.frobenius_norm(self.nngp_inf)
+        err = (geometry.relative_distance(ck, self.nngp_inf, self._nngp_norm)
                if self.nngp_inf is not None else float("nan"))
-        return {"ck_kappa": kappa(ck, self._ck_0), "nngp_err_inf": err}
+        return {"ck_kappa": geometry.relative_distance(ck, self._ck_0, self._ck_norm_0),
+                "nngp_err_inf": err}
 
     def _layers(self, layers: Tensor) -> dict:
-        """Per layer: κ_l, the trace share and the alignment, with two N × N float64 buffers
-        per layer (the layer, its difference to step 0) — at N = 4096 these columns are
-        memory-bound, so nothing is converted twice."""
+        """Per layer κ_l = ‖Θ_l,t − Θ_l,0‖/‖Θ_l,0‖, the trace share and the alignment, each a
+        blockwise float64 pass over the layer's kernel (at N = 4096 these columns are
+        memory-bound; no N × N float64 copy is made)."""
         if self._layers_0 is None:
             self._layers_0 = layers  # in the computed dtype: L × N × N, not twice that
-            self._layer_norms_0 = torch.stack(
-                [torch.linalg.norm(layer.double()) for layer in layers])
+            self._layer_norms_0 = [geometry.frobenius_norm(layer) for layer in layers]
         shares = geometry.trace_shares(layers)
         row = {}
         for i in range(layers.shape[0]):
-            layer = layers[i].to(torch.float64, copy=True)  # centered in place below
-            norm_0 = self._layer_norms_0[i].item()  # κ_l = ‖Θ_l,t − Θ_l,0‖ / ‖Θ_l,0‖ (metrics.kappa)
-            change = torch.linalg.norm(layer - self._layers_0[i]).item()
-            row[f"kappa_layer{i + 1}"] = change / norm_0 if norm_0 > 0 else float("nan")
+            row[f"kappa_layer{i + 1}"] = geometry.relative_distance(
+                layers[i], self._layers_0[i], self._layer_norms_0[i])
             row[f"ntk_share_layer{i + 1}"] = shares[i].item()
-            row[f"alignment_layer{i + 1}"] = self._alignment(layer, overwrite=True)
+            row[f"alignment_layer{i + 1}"] = self._alignment(layers[i])
         return row
 
 

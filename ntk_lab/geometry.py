@@ -26,8 +26,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ntk_lab.metrics import kernel_distance
-
 
 def _f64(t: Tensor) -> Tensor:
     return t.detach().to(torch.float64)
@@ -39,49 +37,96 @@ def _as_targets(y: Tensor) -> Tensor:
     return y.unsqueeze(1) if y.dim() == 1 else y
 
 
-def center_kernel(kernel: Tensor, *, overwrite: bool = False) -> Tensor:
+# Rows of a kernel converted to float64 at a time by the blockwise reductions below: one pass
+# over the (float32) kernel, 256 × N float64 in flight, no N × N float64 copy (at N = 4096 the
+# geometry columns are memory-bound, and a copy is 134 MB).
+ROW_BLOCK = 256
+
+
+def _row_blocks(n: int) -> list[slice]:
+    return [slice(i, min(i + ROW_BLOCK, n)) for i in range(0, n, ROW_BLOCK)]
+
+
+def center_kernel(kernel: Tensor) -> Tensor:
     """HKH with H = I − 11ᵀ/N, in float64: K minus its row and column means plus its mean.
 
     Args:
         kernel: (N, N).
-        overwrite: center a float64 ``kernel`` in place (no allocation; the caller's tensor
-            is changed). Otherwise a new tensor is centered in place: one N × N allocation.
 
     Returns:
-        (N, N) float64.
+        (N, N) float64, a new tensor.
     """
-    in_place = overwrite and kernel.dtype == torch.float64
-    k = kernel.detach() if in_place else kernel.detach().to(torch.float64, copy=True)
+    k = kernel.detach().to(torch.float64, copy=True)
     rows, cols, mean = k.mean(dim=1, keepdim=True), k.mean(dim=0, keepdim=True), k.mean()
     return k.sub_(rows).sub_(cols).add_(mean)
 
 
-def centered_alignment(kernel: Tensor, targets: Tensor, *, overwrite: bool = False) -> float:
+def centered_alignment(kernel: Tensor, targets: Tensor) -> float:
     """Centered kernel-target alignment (Cortes, Mohri & Rostamizadeh 2012, Def. 4).
 
         A(K, Y) = ⟨HKH, HYH⟩_F / (‖HKH‖_F ‖HYH‖_F),   Y = y yᵀ,   H = I − 11ᵀ/N.
 
-    Since H is a projection, ⟨HKH, HYH⟩_F = tr((Hy)ᵀ (HKH) (Hy)) and ‖HYH‖_F = ‖(Hy)ᵀ(Hy)‖_F
-    (O × O), so only HKH is formed. A lies in [−1, 1] (in [0, 1] for a positive
-    semi-definite K).
+    Computed without forming HKH, in one blockwise float64 pass over K. With y_c = Hy,
+    r = K1, c = Kᵀ1 and s = 1ᵀK1 (H is a projection, ‖AH‖² = ‖A‖² − ‖A1‖²/N):
+
+        ⟨HKH, HYH⟩_F = tr(y_cᵀ K y_c),   ‖HYH‖_F = ‖y_cᵀ y_c‖_F  (O × O),
+        ‖HKH‖²_F = ‖K‖²_F − ‖r‖²/N − ‖c‖²/N + s²/N².
+
+    The subtraction loses ~‖K‖²/‖HKH‖² ulps of float64 — 1e-14 relative when the constant
+    part of K is a hundred times its centered part. A lies in [−1, 1] (in [0, 1] for a
+    positive semi-definite K).
 
     Args:
         kernel: (N, N) kernel on the probe inputs.
         targets: (N,) or (N, O) targets of the same inputs; with several outputs
             Y = y yᵀ = Σ_o y_o y_oᵀ.
-        overwrite: a float64 ``kernel`` may be centered in place (it is changed).
 
     Returns:
         A, or NaN when HKH or HYH vanishes (a constant kernel or constant targets).
     """
+    n = kernel.shape[0]
     y = _as_targets(targets).to(kernel.device)
-    if y.shape[0] != kernel.shape[0]:
+    if y.shape[0] != n or kernel.shape != (n, n):
         raise ValueError(f"targets have {y.shape[0]} rows, the kernel is {tuple(kernel.shape)}")
-    kc = center_kernel(kernel, overwrite=overwrite)
     yc = y - y.mean(dim=0, keepdim=True)  # H y
-    inner = (yc * (kc @ yc)).sum().item()  # ⟨HKH, HYH⟩
-    denom = (torch.linalg.norm(kc) * torch.linalg.norm(yc.T @ yc)).item()
+    square, inner = 0.0, 0.0
+    row_sums, col_sums = [], torch.zeros(n, dtype=torch.float64, device=kernel.device)
+    for rows in _row_blocks(n):
+        block = _f64(kernel[rows])
+        square += block.pow(2).sum().item()
+        row_sums.append(block.sum(dim=1))
+        col_sums += block.sum(dim=0)
+        inner += (yc[rows] * (block @ yc)).sum().item()
+    r = torch.cat(row_sums)
+    total = r.sum().item()
+    centered_sq = square - (r @ r).item() / n - (col_sums @ col_sums).item() / n + total**2 / n**2
+    denom = math.sqrt(max(centered_sq, 0.0)) * torch.linalg.norm(yc.T @ yc).item()
     return inner / denom if denom > 0 else float("nan")
+
+
+def relative_distance(a: Tensor, b: Tensor, norm_b: float | None = None) -> float:
+    """‖a − b‖_F / ‖b‖_F (``metrics.kappa``) in one blockwise float64 pass over both.
+
+    Args:
+        a, b: (N, N), any dtypes.
+        norm_b: ‖b‖_F if already known (a step-0 reference), else computed here.
+
+    Returns:
+        The ratio, NaN when ‖b‖ = 0.
+    """
+    diff, norm = 0.0, 0.0
+    for rows in _row_blocks(a.shape[0]):
+        block_b = _f64(b[rows])
+        diff += (_f64(a[rows]) - block_b).pow(2).sum().item()
+        if norm_b is None:
+            norm += block_b.pow(2).sum().item()
+    norm_b = math.sqrt(norm) if norm_b is None else norm_b
+    return math.sqrt(diff) / norm_b if norm_b > 0 else float("nan")
+
+
+def frobenius_norm(a: Tensor) -> float:
+    """‖a‖_F in one blockwise float64 pass."""
+    return math.sqrt(sum(_f64(a[rows]).pow(2).sum().item() for rows in _row_blocks(a.shape[0])))
 
 
 @dataclass(frozen=True)
@@ -185,6 +230,19 @@ def target_power_topk(u_k: Tensor, targets: Tensor) -> float:
     return (_f64(u_k).T @ y).pow(2).sum().item() / total if total > 0 else float("nan")
 
 
+def cosine_distance(a: Tensor, b: Tensor) -> float:
+    """``metrics.kernel_distance``, 1 − ⟨a, b⟩_F/(‖a‖_F‖b‖_F) clamped at 0, in one blockwise
+    float64 pass (no N × N float64 copies). NaN when a norm is 0."""
+    dot, norm_a, norm_b = 0.0, 0.0, 0.0
+    for rows in _row_blocks(a.shape[0]):
+        block_a, block_b = _f64(a[rows]), _f64(b[rows])
+        dot += (block_a * block_b).sum().item()
+        norm_a += block_a.pow(2).sum().item()
+        norm_b += block_b.pow(2).sum().item()
+    denom = math.sqrt(norm_a * norm_b)
+    return max(0.0, 1.0 - dot / denom) if denom > 0 else float("nan")
+
+
 def kernel_velocity(theta_t: Tensor, theta_prev: Tensor, dt: float) -> float:
     """kernel_distance(Θ_t, Θ_prev) / dt (Fort et al. 2020, "kernel velocity").
 
@@ -194,7 +252,7 @@ def kernel_velocity(theta_t: Tensor, theta_prev: Tensor, dt: float) -> float:
     """
     if not dt > 0:
         raise ValueError(f"kernel_velocity needs a positive time difference, got {dt}")
-    return kernel_distance(theta_t, theta_prev) / dt
+    return cosine_distance(theta_t, theta_prev) / dt
 
 
 def conjugate_kernel(features: Tensor, w_std: float, b_std: float) -> Tensor:

@@ -219,3 +219,32 @@ def test_per_layer_kernels_sum_to_theta(parameterization):
     got = empirical_ntk_layers(net, x)
     assert ((got - layers).norm() / layers.norm()).item() < LAYER_SUM_REL_TOL
     assert ((got.sum(0) - theta).norm() / theta.norm()).item() < LAYER_SUM_REL_TOL
+
+
+# Blockwise float64 reductions against the direct float64 formulas on a kernel larger than one
+# row block, with a constant part ten times its centered part (the subtraction in ‖HKH‖²
+# loses ~100 ulps there: ~1e-14).
+BLOCKWISE_REL_TOL = 1e-12
+# 1 − cos for kernels this close (distance ~1e-6) keeps ~10 of float64's 16 digits: the two
+# summation orders agree to ~1e-16 absolute, 1e-10 relative; 1e-9 leaves room.
+COSINE_REL_TOL = 1e-9
+
+
+def test_blockwise_reductions_match_the_direct_formulas():
+    from ntk_lab.metrics import kappa, kernel_distance
+
+    g = torch.Generator().manual_seed(7)
+    n = geometry.ROW_BLOCK * 2 + 37
+    x = torch.randn(n, 5, generator=g)
+    k32 = (x @ x.T / 5 + 10.0).float()  # a float32 kernel, as a run computes it
+    k2 = k32 + 0.01 * torch.randn(n, n, generator=g).float()
+    y = torch.randn(n, 3, generator=g, dtype=F64)
+    kc = geometry.center_kernel(k32)
+    yc = y - y.mean(0)
+    direct = ((kc * (yc @ yc.T)).sum() / (kc.norm() * (yc @ yc.T).norm())).item()
+    assert geometry.centered_alignment(k32, y) == pytest.approx(direct, rel=BLOCKWISE_REL_TOL)
+    assert geometry.relative_distance(k2, k32) == pytest.approx(kappa(k2, k32), rel=BLOCKWISE_REL_TOL)
+    assert geometry.relative_distance(k2, k32, geometry.frobenius_norm(k32)) == pytest.approx(
+        kappa(k2, k32), rel=BLOCKWISE_REL_TOL)
+    assert geometry.cosine_distance(k2, k32) == pytest.approx(kernel_distance(k2, k32),
+                                                              rel=COSINE_REL_TOL)

@@ -102,7 +102,7 @@ class ProbeKernelTracker:
             feats = mlp_features(mlp, self.x)
             if self.keep_layers:  # the same Gram products, kept per layer, then summed
                 self.theta_layers = torch.stack(
-                    [symmetric_kernel_from_features([f]) for f in feats]) * alpha**2
+                    [symmetric_kernel_from_features([f]) for f in feats]).mul_(alpha**2)
                 theta = self.theta_layers.sum(0)
             else:
                 theta = symmetric_kernel_from_features(feats) * alpha**2
