@@ -26,6 +26,7 @@ NOISE = 0.02  # relative, seeded per run
 # separating the two laws.
 SLOPE_TOL = 0.05
 ALIGNMENT_0 = 0.3
+NNGP_ERR_SLOPE = -0.5
 GEOMETRY_FIGURES = ("alignment_vs_step.png", "ntk_spectrum.png",
                     "eig_overlap_init_vs_width.png", "kappa_layers_vs_width.png")
 
@@ -35,10 +36,12 @@ def geometry_rows(width: int, seed: int, param: str) -> list[dict]:
     law = lambda c: c * width ** SLOPES[param] * (1 + NOISE * rng.standard_normal())  # noqa: E731
     final = {"alignment_change": law(0.1), "rotation": law(0.2), "ck_kappa": law(0.3),
              **{f"kappa_layer{i}": law(0.1 * i) for i in range(1, DEPTH + 2)}}
+    nngp_err = 2.0 * width ** NNGP_ERR_SLOPE * (1 + NOISE * rng.standard_normal())
     rows = []
     for step in STEPS:
         frac = step / STEPS[-1]
         rows.append({
+            "nngp_err_inf": nngp_err * (1 + frac),
             "step": step, "time": 0.1 * step, "train_loss": 1.0 - 0.5 * frac,
             "test_loss": 1.0, "kappa": final["ck_kappa"] * frac,
             "alignment": ALIGNMENT_0 + frac * final["alignment_change"],
@@ -86,6 +89,8 @@ def test_fits_recover_the_laws_and_report_states_the_theory(geometry_sweep):
             row = fits[(fits["metric"] == metric) & (fits["parameterization"] == param)]
             assert len(row) == 1, (metric, param)
             assert abs(row["slope"].iloc[0] - slope) < SLOPE_TOL, (metric, param)
+    init = fits[(fits["metric"] == "nngp_err_inf") & (fits["step"].astype(str) == "0")]
+    assert len(init) == 2 and np.allclose(init["slope"], NNGP_ERR_SLOPE, atol=SLOPE_TOL)
     report = (out / "report.md").read_text()
     assert "≈ 0 (feature learning)" in report and "< 0 (lazy" in report
     assert "one_minus_eig_overlap_init" in (out / "runs.csv").read_text().splitlines()[0]

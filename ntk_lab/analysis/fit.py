@@ -31,7 +31,7 @@ from scipy import stats
 from ntk_lab.analysis.collect import (
     Sweep, group_label, iter_groups, layer_columns, same_value,
 )
-from ntk_lab.analysis.geometry_fits import geometry_final_metrics
+from ntk_lab.analysis.geometry_fits import geometry_final_metrics, geometry_init_metrics
 
 CONFIDENCE = 0.95
 # The expanded interval reads percentiles down to ~0.5 % (two seeds per width); 4000
@@ -246,7 +246,8 @@ def fit_specs(sweep: Sweep) -> list[FitSpec]:
     columns = set(sweep.metric_columns)
     final = [*FINAL_METRICS, *layer_columns(sweep.metric_columns), *OPTIONAL_FINAL_METRICS,
              *geometry_final_metrics(sweep.metric_columns)]
-    specs = [FitSpec(m, AT_INIT, X_WIDTH) for m in INIT_METRICS if m in columns]
+    specs = [FitSpec(m, AT_INIT, X_WIDTH)
+             for m in [*INIT_METRICS, *geometry_init_metrics(sweep.metric_columns)] if m in columns]
     specs += [FitSpec(m, AT_FINAL, X_WIDTH) for m in final if m in columns]
     if X_OUTPUT_SCALE in sweep.knobs:
         specs += [FitSpec(m, AT_FINAL, X_OUTPUT_SCALE) for m in OUTPUT_SCALE_METRICS

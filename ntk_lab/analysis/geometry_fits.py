@@ -1,7 +1,9 @@
 """Scaling fits of the kernel-geometry columns (issue 12): which final metrics are fitted
 against width, the derived columns they need, and what theory expects of them.
 
-Fitted at each run's last checkpoint (:mod:`ntk_lab.analysis.fit` does the fitting):
+Fitted at step 0: ``nngp_err_inf``, the conjugate kernel's distance to NNGP_∞ (theory: width^−1/2,
+an average over n units). Fitted at each run's last checkpoint (:mod:`ntk_lab.analysis.fit`
+does the fitting):
 
 - ``alignment_change`` = |A_T − A_0|, the final change of the centered kernel-target alignment;
 - ``one_minus_eig_overlap_init`` = 1 − ‖U_Tᵀ U_0‖²_F / k, how far the top-k eigenspace rotated;
@@ -35,6 +37,11 @@ def kappa_layer_columns(columns: Sequence[str]) -> list[str]:
     return [c for _, c in sorted(found)]
 
 
+def geometry_init_metrics(columns: Sequence[str]) -> list[str]:
+    """The geometry metrics fitted against width at step 0, those present."""
+    return [c for c in ("nngp_err_inf",) if c in columns]
+
+
 def geometry_final_metrics(columns: Sequence[str]) -> list[str]:
     """The geometry metrics fitted against width at the last checkpoint, those present."""
     wanted = [*DERIVED_COLUMNS, "ck_kappa", *kappa_layer_columns(columns)]
@@ -65,6 +72,8 @@ def add_geometry_columns(sweep: Sweep) -> Sweep:
 
 def geometry_expected_slope(metric: str, parameterization: str | None) -> str | None:
     """The theory column of report.md for a geometry fit; None for other metrics."""
+    if metric == "nngp_err_inf":
+        return "-0.5"
     if metric not in (*DERIVED_COLUMNS, "ck_kappa") and not _KAPPA_LAYER.match(metric):
         return None
     if parameterization == "mup":
