@@ -258,7 +258,16 @@ def hand_over_to_study(argv: Sequence[str]) -> None:
     grid in one process."""
     presets = [a.split("=", 1)[1] for a in argv
                if "=" in a and a.split("=", 1)[0].lstrip("+~") == "experiment"]
-    if len(presets) != 1 or presets[0] not in STUDY_MODULES:
+    if len(presets) != 1:
+        return
+    options = [o.strip() for o in presets[0].split(",")]
+    studies = [o for o in options if o in STUDY_MODULES]
+    if studies and len(options) > 1:
+        print(f"ntk_lab: error: experiment={presets[0]!r} is invalid: {studies[0]} is a study of "
+              f"its own, not a sweep of runs; run python -m {STUDY_MODULES[studies[0]]} alone",
+              file=sys.stderr)
+        sys.exit(2)
+    if not studies:
         return
     rest = [a for a in argv if a not in ("-m", "--multirun")]
     if len(rest) != len(argv):

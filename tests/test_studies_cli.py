@@ -85,3 +85,14 @@ def test_a_study_without_its_block_and_unknown_keys_are_named():
 def test_the_preset_is_applied_unless_another_is_named():
     assert with_preset(["a=1"], "coord_check") == ["experiment=coord_check", "a=1"]
     assert with_preset(["experiment=x"], "coord_check") == ["experiment=x"]
+
+
+def test_a_study_preset_cannot_be_swept_with_others(capsys):
+    from ntk_lab.study_cli import hand_over_to_study
+
+    hand_over_to_study(["experiment=width_sweep", "width=3"])  # not a study: returns
+    with pytest.raises(SystemExit) as exit_info:
+        hand_over_to_study(["-m", "experiment=coord_check,width_sweep"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "coord_check is a study of its own" in err[0]
