@@ -13,6 +13,10 @@ float64, as in :mod:`ntk_lab.metrics`, so that small changes of a float32 kernel
 | ``kernel_velocity`` | kernel_distance(Θ_t, Θ_s) / (t − s) between consecutive checkpoints (Fort et al. 2020) |
 | ``conjugate_kernel`` | σ_w² Φ Φᵀ / n + σ_b², Φ (N, n) the readout's input features |
 
+``relative_distance`` and ``cosine_distance`` are :func:`ntk_lab.metrics.kappa` and
+:func:`ntk_lab.metrics.kernel_distance` computed in row blocks, so that a large float32 probe
+kernel is never copied whole to float64.
+
 Eigenvalues are sorted in decreasing order. The top-k eigenspace is well defined only when
 λ_k > λ_{k+1}; with a tie at the boundary the overlaps depend on which of the tied vectors
 ``torch.linalg.eigh`` returns (a finite network's kernel has no exact ties).
