@@ -230,7 +230,7 @@ class _Checkpointer:
                 row["jac_change"] = jac_change
             layers, ck = probe_geometry_inputs(self.model, data.x_probe, s.memory_budget_bytes,
                                                self.kernels)
-            columns, self.arrays = self.geometry(theta, s.lr * step, theta_layers=layers, ck=ck)
+            columns, self.arrays = self.geometry(theta, row["time"], theta_layers=layers, ck=ck)
             row.update(columns)
         row.update(self._lazy_comparison(step, f_test.double()))
         if s.kappa_hessian and step == s.steps:
