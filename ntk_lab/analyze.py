@@ -1,7 +1,8 @@
 """Command line: ``python -m ntk_lab.analyze DIR [--out OUTDIR]``.
 
 Analyses every run folder under DIR (a Hydra multirun folder, one run, or any folder of
-runs) and writes runs.csv, fits.csv, the figures and report.md to DIR/analysis (or OUTDIR).
+runs) and writes runs.csv, fits.csv, the figures, report.md and report.html to DIR/analysis
+(or OUTDIR).
 Exit status: 0 on success, 2 when DIR is not a directory.
 """
 
@@ -35,10 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Imported here so that a mistyped DIR is answered before torch and matplotlib load.
     from ntk_lab.analysis import analyze_sweep
-    from ntk_lab.analysis.pipeline import REPORT_FILE
+    from ntk_lab.analysis.pipeline import HTML_REPORT_FILE, REPORT_FILE
 
     out_dir = analyze_sweep(args.dir, args.out)
     print(f"report: {out_dir / REPORT_FILE}")
+    print(f"html:   {out_dir / HTML_REPORT_FILE}")
     return 0
 
 

@@ -17,14 +17,19 @@ import torch
 
 import ntk_lab
 from ntk_lab import preflight
+from ntk_lab.checkpoint_geometry import layers_to_store, spectrum_note
 from ntk_lab.config import ConfigError, RunConfig, data_settings
 from ntk_lab.data import Dataset, make_dataset
+from ntk_lab.features import trainable_layers
+from ntk_lab.kernels.flow import KernelFlow
 from ntk_lab.kernels.regression import GradientFlowPredictor
 from ntk_lab.kernels.structured import factor_bytes_per_sample, fully_structured
+from ntk_lab.loggers import NullLogger, RunLogger
 from ntk_lab.models import (
     NO_LIMIT_REASON, CustomModuleError, ScaledOutput, build_network, infinite_width_of, network_inputs,
 )
 from ntk_lab.models.custom import check_output_shape, check_sample_independence
+from ntk_lab.optim import OptimizerSettings, infinite_width_support
 from ntk_lab.records import STATUS_FAILED, STATUS_RUNNING, RunRecorder, write_summary
 from ntk_lab.storage import StoragePlan, plan_storage
 from ntk_lab.train import TrainOutcome, TrainSettings, checkpoint_steps, train
@@ -112,7 +117,8 @@ def instrumentation(config: RunConfig) -> preflight.Instrumentation:
         memory_budget_bytes=k.memory_budget_mb << 20, store=k.store, store_dtype=k.store_dtype,
         store_max_mb=k.store_max_mb, linearized=z.linearized,
         infinite_width=z.infinite_width and k.enabled, kappa_hessian=z.kappa_hessian and k.enabled,
-        centered=config.model.center)
+        centered=config.model.center,
+        optimizer_states={"sgd": 0, "momentum": 1, "adam": 2}[config.train.optimizer])
 
 
 def _structured_feature_bytes(net: torch.nn.Module, sample: torch.Tensor) -> Optional[int]:
@@ -158,8 +164,17 @@ def probe_kernels(config: RunConfig, data: Dataset) -> dict[str, torch.Tensor]:
     return kernels
 
 
-def infinite_width_predictor(config: RunConfig, data: Dataset) -> GradientFlowPredictor:
-    """Θ_∞ gradient flow on the train and test sets (float64, on the data's device).
+def optimizer_settings(config: RunConfig) -> OptimizerSettings:
+    """The :class:`~ntk_lab.optim.OptimizerSettings` of ``config.train``."""
+    t = config.train
+    return OptimizerSettings(t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                             betas=t.betas, eps=t.eps, schedule=t.schedule)
+
+
+def infinite_width_predictor(config: RunConfig, data: Dataset) -> GradientFlowPredictor | KernelFlow:
+    """Θ_∞ gradient flow on the train and test sets (float64, on the data's device): the MSE
+    closed form for gradient descent, else the integrated flow of :mod:`ntk_lab.kernels.flow`
+    (cross-entropy; momentum's second-order equation).
 
     The dynamics are driven by Θ·loss_scale; for an α-scaled network that is α²Θ_∞/α² = Θ_∞,
     so the unscaled Θ_∞ is used whatever α.
@@ -167,7 +182,12 @@ def infinite_width_predictor(config: RunConfig, data: Dataset) -> GradientFlowPr
     n = len(data.x_train)
     x = torch.cat([data.x_train, data.x_test]).to(torch.float64)
     _, ntk = infinite_width_of(config.model.spec(), x, x[:n])
-    return GradientFlowPredictor(ntk[:n], ntk[n:], data.y_train.to(torch.float64))
+    y = data.y_train.to(torch.float64)
+    t = config.train
+    if t.loss == "mse" and t.optimizer == "sgd":
+        return GradientFlowPredictor(ntk[:n], ntk[n:], y)
+    momentum = t.momentum if t.optimizer == "momentum" else 0.0
+    return KernelFlow(ntk[:n], ntk[n:], y, loss=t.loss, momentum=momentum, lr=t.lr)
 
 
 def _summary(config: RunConfig, status: str, message: str, started: float, **extra) -> dict:
@@ -178,8 +198,12 @@ def _summary(config: RunConfig, status: str, message: str, started: float, **ext
 def run_experiment(
     config: RunConfig, run_dir: Path, *, stop_requested: Callable[[], bool] = lambda: False,
     started: Optional[float] = None, job_num: Optional[int] = None,
+    logger: Optional[RunLogger] = None,
 ) -> TrainOutcome:
     """Train one network as ``config`` says and write its run folder (DESIGN.md §5).
+
+    ``logger`` (:mod:`ntk_lab.loggers`) gets the settings, every checkpoint row and, at the
+    end, the summary and figures; the run folder is written the same with or without it.
 
     Raises:
         ConfigError: settings the data cannot satisfy, or a run whose estimated memory does
@@ -206,11 +230,19 @@ def run_experiment(
     config.model.out_dim = data.out_dim
     config.device = str(device)
     notes = {"kernel_store": plan.level, **custom_module_notes(config, model, data)}
+    no_prediction = infinite_width_support(optimizer_settings(config))
+    if no_prediction and config.lazy.infinite_width and kernels_on:
+        notes["infinite_width"] = no_prediction  # the reason for the NaN inf_* columns
+    if config.model.name == "custom":  # no Θ_∞, so no infinite-width prediction either
+        no_prediction = NO_LIMIT_REASON
     if not kernels_on:
         notes["kernels"] = "off (ntk.enabled=false): no empirical NTK, no Θ_∞ and no metric built on them"
+    notes.update(geometry_notes(config, plan, model, len(data.x_probe), dtype))
     write_summary(run_dir, _summary(config, STATUS_RUNNING, "", started, **notes))
+    logger = logger or NullLogger()
 
-    recorder = RunRecorder(run_dir, static, plan)
+    recorder = RunRecorder(run_dir, static, plan, on_row=logger.log_row,
+                           layers_level=notes.get("layer_kernel_store", "none"))
     settings = TrainSettings(
         steps=config.train.steps, lr=config.train.lr, batch_size=config.train.batch_size,
         checkpoints=config.ntk.checkpoints, ntk_method=config.ntk.method,
@@ -218,21 +250,33 @@ def run_experiment(
         record_jac_change=config.ntk.jac_change, progress=config.progress,
         track_linearized=config.lazy.linearized, kappa_hessian=config.lazy.kappa_hessian,
         hessian_points=config.lazy.hessian_points, hessian_iters=config.lazy.hessian_iters,
-        ntk_enabled=kernels_on,
+        ntk_enabled=kernels_on, loss=config.train.loss, optimizer=optimizer_settings(config),
+        parameterization=config.model.parameterization,
+        infinite_width_note=notes.get("infinite_width", ""), top_k=config.ntk.top_k,
+        spectrum_max_probe=config.ntk.spectrum_max_probe,
     )
     if not kernels_on:
         settings.record_jac_change = settings.kappa_hessian = False
     theta_inf = static["theta_inf"].to(device) if kernels_on else None
     infinite = (infinite_width_predictor(config, data)
-                if config.lazy.infinite_width and kernels_on and config.model.name != "custom" else None)
-    outcome = train(model, data, settings, recorder, theta_inf=theta_inf,
-                    loss_scale=1.0 / config.model.output_scale**2, infinite=infinite,
-                    stop_requested=stop_requested)
-    final = outcome.rows[-1] if outcome.rows else {}
-    recorder.finish(_summary(config, outcome.status, outcome.message, started,
-                             diverged_step=outcome.diverged_step, last_step=outcome.last_step,
-                             final=final, **notes))
-    _draw_run_figures(run_dir)
+                if config.lazy.infinite_width and kernels_on and not no_prediction else None)
+    nngp_inf = static["nngp_inf"].to(device) if kernels_on else None
+    logger.start(config.flat())
+    try:
+        outcome = train(model, data, settings, recorder, theta_inf=theta_inf,
+                        loss_scale=1.0 / config.model.output_scale**2, infinite=infinite,
+                        nngp_inf=nngp_inf, stop_requested=stop_requested)
+        final = outcome.rows[-1] if outcome.rows else {}
+        summary = _summary(config, outcome.status, outcome.message, started,
+                           diverged_step=outcome.diverged_step, last_step=outcome.last_step,
+                           final=final, **notes)
+        recorder.finish(summary)
+        _draw_run_figures(run_dir)
+    except BaseException as err:  # the tracker's run ends as failed too; run.py records it
+        logger.finish({"status": STATUS_FAILED, "message": f"{type(err).__name__}: {err}"},
+                      run_dir)
+        raise
+    logger.finish(summary, run_dir)
     return outcome
 
 
@@ -249,6 +293,23 @@ def custom_module_notes(config: RunConfig, model: torch.nn.Module, data: Dataset
         raise ConfigError(str(err)) from None
     notes = {"theta_inf": NO_LIMIT_REASON}
     notes["sample_mixing"] = mixing or "none detected (one sample's outputs do not depend on the others)"
+    return notes
+
+
+def geometry_notes(config: RunConfig, plan: StoragePlan, model: torch.nn.Module, n_probe: int,
+                   dtype: torch.dtype) -> dict[str, str]:
+    """summary.json notes of the checkpoint geometry: which per-layer kernels kernels.pt keeps
+    (``layer_kernel_store``) and why spectra are skipped, if they are."""
+    if not config.ntk.enabled:
+        return {"layer_kernel_store": "none"}
+    n_checkpoints = len(checkpoint_steps(config.train.steps, config.ntk.checkpoints))
+    itemsize = torch.finfo(plan.theta_dtype or dtype).bits // 8
+    notes = {"layer_kernel_store": layers_to_store(
+        plan.level, n_probe, len(trainable_layers(model)), n_checkpoints, itemsize, plan.bytes,
+        config.ntk.store_max_mb, explicit=config.ntk.store != "auto")}
+    skipped = spectrum_note(n_probe, config.ntk.spectrum_max_probe)
+    if skipped:
+        notes["spectrum"] = skipped
     return notes
 
 

@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from ntk_lab.activations import ACTIVATIONS
+from ntk_lab.checkpoint_geometry import DEFAULT_SPECTRUM_MAX_PROBE, DEFAULT_TOP_K
 from ntk_lab.data import DATASETS
 from ntk_lab.kernels.empirical import METHODS
+from ntk_lab.loggers import LOGGERS, logger_unavailable
+from ntk_lab.losses import LOSSES
 from ntk_lab.models import MODELS, PARAMETERIZATIONS, NetworkSpec
 from ntk_lab.models.cnn import PADDINGS, READOUTS
+from ntk_lab.optim import OPTIMIZERS, SCHEDULES
 from ntk_lab.storage import DEFAULT_STORE_MAX_MB, STORE_DTYPES, STORE_LEVELS
 
 PRECISIONS = ("float32", "float64")
@@ -66,6 +70,13 @@ class DataConfig:
     path: Optional[str]
     in_dim: Optional[int]
     noise: float
+    # image data sets (mnist, fashion_mnist, cifar10: ntk_lab.datasets)
+    classes: Optional[list[int]] = None  # None: all ten
+    root: Optional[str] = None  # None: $NTK_LAB_DATA, else the user's cache folder
+    download: bool = False
+    mirror: Optional[str] = None  # None: the official location
+    standardize: bool = True
+    pm1_targets: bool = True  # two classes: one ±1 target column (set from train.loss=mse)
 
 
 @dataclass
@@ -74,6 +85,13 @@ class TrainConfig:
     lr: float
     batch_size: Optional[int]
     seed: int
+    loss: str = "mse"
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: str = "constant"
 
 
 @dataclass
@@ -86,6 +104,8 @@ class NTKConfig:
     store: str  # which Θ_t kernels.pt keeps (ntk_lab.storage)
     store_dtype: str
     store_max_mb: int
+    top_k: int  # k of the top-k eigenspace columns (ntk_lab.checkpoint_geometry)
+    spectrum_max_probe: int  # the largest probe set whose spectrum is computed per checkpoint
 
 
 @dataclass
@@ -95,6 +115,13 @@ class LazyConfig:
     kappa_hessian: bool
     hessian_points: int
     hessian_iters: int
+
+
+@dataclass
+class LoggerConfig:
+    name: str  # none | tensorboard | mlflow (ntk_lab.loggers)
+    tracking_uri: Optional[str] = None  # mlflow: a folder or an MLflow URI; None: ./outputs/mlflow
+    experiment_name: Optional[str] = None  # mlflow: None = the sweep folder's path
 
 
 @dataclass
@@ -108,6 +135,7 @@ class RunConfig:
     device: str
     resume: bool
     progress: bool
+    logger: LoggerConfig = field(default_factory=lambda: LoggerConfig("none"))
 
     def flat(self) -> dict[str, Any]:
         """The resolved values summary.json records (DESIGN.md §5 names)."""
@@ -119,6 +147,9 @@ class RunConfig:
             "output_scale": m.output_scale, "center": m.center, **m_arch(m),
             "dataset": d.name, "n_train": d.n_train, "n_test": d.n_test, "n_probe": d.n_probe,
             "data_seed": d.seed, "steps": t.steps, "batch_size": t.batch_size,
+            "classes": d.classes, "loss": t.loss, "optimizer": t.optimizer,
+            "momentum": t.momentum if t.optimizer == "momentum" else None,
+            "weight_decay": t.weight_decay, "schedule": t.schedule,
             "ntk_enabled": k.enabled, "ntk_method": k.method, "checkpoints": k.checkpoints,
             "dtype": self.precision, "device": self.device,
         }
@@ -272,7 +303,9 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
         lr=_float("train.lr", g(train, "train", "lr"), lambda v: v > 0, "must be a number > 0"),
         batch_size=_int("train.batch_size", g(train, "train", "batch_size", None), 1, optional=True),
         seed=_int("train.seed", g(train, "train", "seed"), 0),
+        **_optimizer_settings(train, g),
     )
+    _image_data_settings(d, data, g, t)
     k = NTKConfig(
         enabled=_bool("ntk.enabled", g(ntk, "ntk", "enabled", True)),
         method=_choice("ntk.method", g(ntk, "ntk", "method"), METHODS),
@@ -282,6 +315,9 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
         store=_choice("ntk.store", g(ntk, "ntk", "store", "auto"), STORE_LEVELS),
         store_dtype=_choice("ntk.store_dtype", g(ntk, "ntk", "store_dtype", "auto"), STORE_DTYPES),
         store_max_mb=_int("ntk.store_max_mb", g(ntk, "ntk", "store_max_mb", DEFAULT_STORE_MAX_MB), 1),
+        top_k=_int("ntk.top_k", g(ntk, "ntk", "top_k", DEFAULT_TOP_K), 1),
+        spectrum_max_probe=_int("ntk.spectrum_max_probe",
+                                g(ntk, "ntk", "spectrum_max_probe", DEFAULT_SPECTRUM_MAX_PROBE), 0),
     )
     z = LazyConfig(
         linearized=_bool("lazy.linearized", g(lazy, "lazy", "linearized", False)),
@@ -290,13 +326,108 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
         hessian_points=_int("lazy.hessian_points", g(lazy, "lazy", "hessian_points", 8), 1),
         hessian_iters=_int("lazy.hessian_iters", g(lazy, "lazy", "hessian_iters", 30), 1),
     )
+    plain_gd = (t.loss, t.optimizer, t.schedule, t.weight_decay) == ("mse", "sgd", "constant", 0.0)
+    if z.linearized and not plain_gd:
+        raise ConfigError(f"lazy.linearized=true is invalid with train.loss={t.loss} "
+                          f"train.optimizer={t.optimizer} train.schedule={t.schedule} "
+                          f"train.weight_decay={t.weight_decay}: the linearized model is trained "
+                          f"by plain gradient descent on MSE only; set lazy.linearized=false")
+    if t.optimizer == "adam" and m.parameterization == "mup" and m.name == "custom":
+        raise ConfigError("train.optimizer=adam with model.parameterization=mup is invalid for "
+                          "model=custom: μP Adam's per-layer learning rates are defined for "
+                          "model=mlp|cnn|resmlp; use parameterization=ntk or standard")
     return RunConfig(
-        model=m, data=d, train=t, ntk=k, lazy=z,
+        model=m, data=d, train=t, ntk=k, lazy=z, logger=logger_config(cfg.get("logger") or {}),
         precision=_choice("precision", cfg.get("precision", "float32"), PRECISIONS),
         device=_device(cfg.get("device", "auto")),
         resume=_bool("resume", cfg.get("resume", False)),
         progress=_bool("progress", cfg.get("progress", True)),
     )
+
+
+def logger_config(section: Mapping[str, Any]) -> LoggerConfig:
+    """The ``logger`` group (a plain dict); a tracker whose package is missing is refused
+    here, in one line naming the pip extra, before any job starts.
+
+    Raises:
+        ConfigError: an invalid value or a missing package.
+    """
+    config = LoggerConfig(
+        name=_choice("logger", section.get("name", "none"), LOGGERS),
+        tracking_uri=_optional_text("logger.tracking_uri", section.get("tracking_uri"),
+                                    "a folder or an MLflow tracking URI, or null"),
+        experiment_name=_optional_text("logger.experiment_name",
+                                       section.get("experiment_name"), "a name, or null"),
+    )
+    problem = logger_unavailable(config.name)
+    if problem:
+        raise ConfigError(problem)
+    return config
+
+
+def _optional_text(key: str, value: Any, allowed: str) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(key, value, f"must be {allowed}")
+    return value
+
+
+_IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+_CLASSIFICATION_DATASETS = ("digits", *_IMAGE_DATASETS)
+
+
+def _optimizer_settings(train: Mapping[str, Any], g: Callable) -> dict[str, Any]:
+    """train.loss / optimizer / momentum / weight_decay / betas / eps / schedule, checked."""
+    betas = g(train, "train", "betas", [0.9, 0.999])
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise _fail("train.betas", betas, "must be two numbers in [0, 1), e.g. [0.9,0.999]")
+    in_unit = lambda v: 0 <= v < 1  # noqa: E731
+    return dict(
+        loss=_choice("train.loss", g(train, "train", "loss", "mse"), LOSSES),
+        optimizer=_choice("train.optimizer", g(train, "train", "optimizer", "sgd"), OPTIMIZERS),
+        momentum=_float("train.momentum", g(train, "train", "momentum", 0.9), in_unit,
+                        "must be in [0, 1)"),
+        weight_decay=_float("train.weight_decay", g(train, "train", "weight_decay", 0.0),
+                            lambda v: v >= 0, "must be >= 0"),
+        betas=_betas(betas),
+        eps=_float("train.eps", g(train, "train", "eps", 1e-8), lambda v: v > 0, "must be > 0"),
+        schedule=_choice("train.schedule", g(train, "train", "schedule", "constant"), SCHEDULES),
+    )
+
+
+def _betas(betas: Any) -> tuple[float, float]:
+    try:
+        return tuple(_float("train.betas", b, lambda v: 0 <= v < 1, "") for b in betas)  # type: ignore[return-value]
+    except ConfigError:
+        raise _fail("train.betas", list(betas), "must be two numbers in [0, 1), e.g. [0.9,0.999]") from None
+
+
+def _image_data_settings(d: DataConfig, data: Mapping[str, Any], g: Callable, t: TrainConfig) -> None:
+    """data.classes / root / download / mirror / standardize into ``d``; the loss's needs."""
+    classes = g(data, "data", "classes", None)
+    if classes is not None:
+        if d.name not in _IMAGE_DATASETS:
+            raise _fail("data.classes", classes, f"only for data={', '.join(_IMAGE_DATASETS)}; "
+                        f"use null")
+        ok = (isinstance(classes, (list, tuple)) and len(classes) >= 2
+              and all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
+              and len(set(classes)) == len(classes))
+        if not ok:
+            raise _fail("data.classes", classes, "must be a list of at least two distinct integer "
+                        "class labels, e.g. [3,5], or null for all")
+        d.classes = list(classes)
+    d.root = g(data, "data", "root", None)
+    d.download = _bool("data.download", g(data, "data", "download", False))
+    d.mirror = g(data, "data", "mirror", None)
+    if d.mirror is not None and not str(d.mirror).startswith(("http://", "https://", "ftp://")):
+        raise _fail("data.mirror", d.mirror, "must be a base URL starting with http://, https:// "
+                    "or ftp://, or null for the official location")
+    d.standardize = _bool("data.standardize", g(data, "data", "standardize", True))
+    d.pm1_targets = t.loss == "mse"
+    if t.loss == "cross_entropy" and d.name not in _CLASSIFICATION_DATASETS:
+        raise _fail("train.loss", t.loss, f"data={d.name} is not a classification data set; "
+                    f"cross_entropy needs data={', '.join(_CLASSIFICATION_DATASETS)}, else use mse")
 
 
 def data_settings(d: DataConfig) -> dict[str, Any]:
@@ -311,12 +442,16 @@ def data_settings(d: DataConfig) -> dict[str, Any]:
             settings["in_dim"] = d.in_dim
     if d.name == "file":
         settings["path"] = d.path
+    if d.name in _IMAGE_DATASETS:
+        classes = None if d.classes is None else tuple(d.classes)  # hashable: sweeps cache data by settings
+        settings.update(classes=classes, root=d.root, download=d.download, mirror=d.mirror,
+                        standardize=d.standardize, pm1_targets=d.pm1_targets)
     return settings
 
 
 # Config groups whose option a user picks on the command line (`data=digits`); an unknown option
 # is reported here in one line, before Hydra would print a multi-line composition error.
-_USER_GROUPS = ("model", "data", "train", "ntk", "lazy", "experiment")
+_USER_GROUPS = ("model", "data", "train", "ntk", "lazy", "logger", "optim", "experiment")
 
 
 def _yaml_keys(path: Path) -> set[str]:
@@ -356,6 +491,67 @@ def check_overrides(argv: list[str], config_dir: Path) -> Optional[str]:
             known = set().union(*(_yaml_keys(p) for p in (config_dir / group).glob("*.yaml")))
             if sub not in known:
                 return f"{key} is not a setting; {group} has: {', '.join(sorted(known))}"
+            problem = None if arg.startswith("+") else _key_of_another_option(
+                group, sub, argv, config_dir)  # `+group.key=` adds a key on purpose
+            if problem:
+                return problem
         elif not sub and group not in top_level:
             return f"{key} is not a setting; top-level keys: {', '.join(sorted(top_level))}"
     return None
+
+
+def _key_of_another_option(group: str, key: str, argv: list[str], config_dir: Path) -> Optional[str]:
+    """The error for ``group.key`` when the group's chosen option lacks ``key`` (it belongs to
+    another option: ``logger.tracking_uri`` without ``logger=mlflow``), else None.
+
+    The chosen option is the command line's ``group=option``, else the chosen preset's
+    ``override /group: option``, else config.yaml's default; a swept option is not checked.
+    """
+    chosen = _chosen_options(argv, config_dir)
+    option = chosen.get(group)
+    path = config_dir / group / f"{option}.yaml"
+    if not option or not path.is_file() or key in _yaml_keys(path):
+        return None
+    # config.yaml or the preset (both `_global_`) may set the key under the group themselves
+    for extra in (config_dir / "config.yaml",
+                  config_dir / "experiment" / f"{chosen.get('experiment')}.yaml"):
+        if extra.is_file() and key in _group_section(extra, group):
+            return None
+    owners = sorted(p.stem for p in (config_dir / group).glob("*.yaml") if key in _yaml_keys(p))
+    return (f"{group}.{key} is not a setting of {group}={option}; it belongs to "
+            f"{' or '.join(f'{group}={o}' for o in owners)} (choose one on the command line)")
+
+
+def _group_section(path: Path, group: str) -> dict:
+    import yaml
+
+    section = (yaml.safe_load(path.read_text()) or {}).get(group)
+    return section if isinstance(section, dict) else {}
+
+
+def _chosen_options(argv: list[str], config_dir: Path) -> dict[str, str]:
+    """Group -> option as the command line, the chosen preset and config.yaml's defaults pick
+    it (in that order of precedence); groups swept over several options are left out."""
+    import yaml
+
+    def entries(path: Path) -> dict[str, Any]:
+        found = {}
+        for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults") or []:
+            if isinstance(entry, dict):
+                for name, option in entry.items():
+                    found[str(name).replace("override", "").strip().strip("/")] = option
+        return found
+
+    chosen = {g: o for g, o in entries(config_dir / "config.yaml").items() if g in _USER_GROUPS}
+    typed: dict[str, Optional[str]] = {}
+    for arg in argv:
+        name, _, value = arg.partition("=")
+        name = name.lstrip("+~")
+        if name in _USER_GROUPS and "=" in arg:
+            typed[name] = None if "," in value else value
+    preset = typed.get("experiment", chosen.get("experiment"))
+    if preset and (config_dir / "experiment" / f"{preset}.yaml").is_file():
+        chosen.update({g: o for g, o in entries(config_dir / "experiment" / f"{preset}.yaml")
+                       .items() if g in _USER_GROUPS})
+    chosen.update(typed)
+    return {g: str(o) for g, o in chosen.items() if o is not None}

@@ -9,6 +9,7 @@ precision). Targets are (N, O) regression targets for the MSE loss of DESIGN.md 
 | ``sphere_teacher`` | uniform on the unit sphere in R^d     | a fixed random ReLU teacher MLP (+ noise) |
 | ``digits``       | scikit-learn's bundled 8×8 digits, standardized | one-hot (O = 10)            |
 | ``file``         | a user's ``.npz`` (arrays ``x``, ``y``) or ``.csv`` (columns named ``y*`` are targets) | |
+| ``mnist``, ``fashion_mnist``, ``cifar10`` | stratified subsets of the real files, per-channel standardized (:mod:`ntk_lab.datasets`) | one-hot, or ±1 for two classes under MSE |
 
 Probe sets: ``circle`` probes n_probe points of the unit circle, x_k = (cos γ_k, sin γ_k),
 γ_k = 2πk/n_probe, so probe 0 is x₀ = (1, 0) and Θ(x₀, x(γ)) is Jacot et al.'s Figure 1. The
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DATASETS = ("circle", "sphere_teacher", "digits", "file")
+DATASETS = ("circle", "sphere_teacher", "digits", "file", "mnist", "fashion_mnist", "cifar10")
 
 
 class DataError(ValueError):
@@ -248,7 +249,19 @@ def from_file(path: str | Path, n_train: Optional[int] = None, n_test: Optional[
                    x_test[:n_probe].clone(), y_probe=y_test[:n_probe].clone())
 
 
-_BUILDERS = {"circle": circle, "sphere_teacher": sphere_teacher, "digits": digits, "file": from_file}
+def _image_builder(name: str):
+    """The builder of an image data set; :mod:`ntk_lab.datasets` is imported only when used."""
+
+    def build(**settings) -> Dataset:
+        from ntk_lab.datasets.images import image_dataset
+
+        return image_dataset(name, **settings)
+
+    return build
+
+
+_BUILDERS = {"circle": circle, "sphere_teacher": sphere_teacher, "digits": digits, "file": from_file,
+             **{name: _image_builder(name) for name in ("mnist", "fashion_mnist", "cifar10")}}
 
 
 def make_dataset(name: str, **settings) -> Dataset:

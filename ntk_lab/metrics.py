@@ -29,10 +29,13 @@ def kappa(theta_t: Tensor, theta_0: Tensor) -> float:
 
 
 def kernel_distance(theta_t: Tensor, theta_0: Tensor) -> float:
-    """1 − ⟨Θ_t, Θ_0⟩_F / (‖Θ_t‖_F ‖Θ_0‖_F) (Fort et al. 2020): change of the kernel's direction."""
+    """1 − ⟨Θ_t, Θ_0⟩_F / (‖Θ_t‖_F ‖Θ_0‖_F) (Fort et al. 2020): change of the kernel's direction.
+
+    Clamped at 0: for Θ_t = Θ_0 the cosine rounds to 1 + ε and the distance to about −1e-15.
+    """
     a, b = _f64(theta_t), _f64(theta_0)
     denom = (torch.linalg.norm(a) * torch.linalg.norm(b)).item()
-    return 1.0 - (a * b).sum().item() / denom if denom > 0 else float("nan")
+    return max(0.0, 1.0 - (a * b).sum().item() / denom) if denom > 0 else float("nan")
 
 
 def ntk_err_inf(theta_t: Tensor, theta_inf: Tensor) -> float:

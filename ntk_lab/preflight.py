@@ -11,6 +11,7 @@ points, K checkpoints):
 | training activations | batch × (activations per sample) × B × 2 (kept for backward, and their gradients) | train.batch_size / data.n_train |
 | evaluation forward | (n_train + n_test) × (widest layer) × B × 2 | data.n_test |
 | probe kernels | N² × (Θ_t and its Gram temporaries 5B, float64 copies of Θ_t, Θ_0, Θ_∞, NNGP_∞ and a difference 5·8, the stored Θ_t per ``ntk.store``) | data.n_probe (or ntk.store) |
+| kernel geometry | N² × (per-layer kernels at θ_t and θ_0 and their stacking temporary 3·L·B, the conjugate kernel at θ_t and θ_0 2·8), L layers | data.n_probe |
 | NTK features | the structured features of the probe set (twice: θ_t and θ_0's), or Jacobian chunks capped by the budget | ntk.memory_budget_mb |
 | infinite-width prediction | (n_train + n_test) × n_train × 8 × 2 + n_train² × 8 × 3 | data.n_train |
 | runtime | the Python process with torch, Hydra and pandas loaded (CPU only) | — |
@@ -82,6 +83,7 @@ class RunShape:
         itemsize: B, bytes per element of the run's precision.
         out_dim: O.
         n_train, n_test, n_probe: data sizes; batch: the training batch.
+        n_layers: L, modules owning trainable parameters (per-layer kernels).
     """
 
     n_params: int
@@ -96,6 +98,7 @@ class RunShape:
     n_test: int
     n_probe: int
     batch: int
+    n_layers: int = 0
 
 
 def run_shape(build: Callable[[torch.device], nn.Module], sample: torch.Tensor, *, itemsize: int,
@@ -132,6 +135,8 @@ def run_shape(build: Callable[[torch.device], nn.Module], sample: torch.Tensor, 
         feature_bytes_per_sample=feature_bytes(model) if feature_bytes else None,
         itemsize=itemsize, out_dim=int(out.shape[-1]), n_train=n_train, n_test=n_test,
         n_probe=n_probe, batch=min(batch or n_train, n_train),
+        n_layers=sum(1 for m in model.modules()
+                     if any(p.requires_grad for p in m.parameters(recurse=False))),
     )
 
 
@@ -181,6 +186,8 @@ def estimate_memory(shape: RunShape, inst: Instrumentation, device: str = "cpu")
         matrix = s.n_probe * s.n_probe
         est.parts.append(MemoryPart("probe kernels", matrix * (5 * b + 5 * 8) + plan.bytes,
                                     "data.n_probe (or ntk.store)"))
+        est.parts.append(MemoryPart("kernel geometry", matrix * (3 * s.n_layers * b + 2 * 8),
+                                    "data.n_probe"))
         if features_fit:
             features = 2 * s.feature_bytes_per_sample * s.n_probe
         elif s.feature_bytes_per_sample is not None:

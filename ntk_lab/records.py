@@ -22,7 +22,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
@@ -226,14 +226,21 @@ class RunRecorder:
 
     ``kernels.pt`` holds the static tensors given (``probe_x``, ``theta_inf`` and ``nngp_inf``
     as the plan allows, ...), ``checkpoint_steps`` (K,) every checkpoint step, ``steps`` (K',)
-    the steps whose Θ is stored, ``theta`` (K', N, N), and ``store`` (the level).
+    the steps whose Θ is stored, ``theta`` (K', N, N), and ``store`` (the level). With the
+    checkpoint geometry's arrays (:mod:`ntk_lab.checkpoint_geometry`) it also holds
+    ``eigvals`` (K, N), Θ_t's eigenvalues in decreasing order at every checkpoint (NaN rows
+    where none were computed), and — at ``layers_level`` (all / ends / none) —
+    ``theta_layers`` (K'', L, N, N) with their steps ``layer_steps`` (K'',).
     """
 
     _LIMITS = ("theta_inf", "nngp_inf")
 
     def __init__(self, run_dir: Path, static_kernels: Optional[Mapping[str, Any]] = None,
-                 plan: Optional[StoragePlan] = None):
+                 plan: Optional[StoragePlan] = None,
+                 on_row: Optional[Callable[[Mapping[str, Any]], None]] = None,
+                 layers_level: Optional[str] = None):
         self.run_dir = Path(run_dir)
+        self.on_row = on_row  # e.g. an experiment tracker's log_row, after metrics.csv is written
         self.rows: list[dict] = []
         self.checkpoint_steps: list[int] = []
         self.steps: list[int] = []
@@ -241,21 +248,30 @@ class RunRecorder:
         self.plan = plan or StoragePlan("all", None, None, 0)
         self.static_kernels = {k: v for k, v in dict(static_kernels or {}).items()
                                if k not in self._LIMITS or self._keeps(k)}
+        self.layers_level = self.plan.level if layers_level is None else layers_level
+        self.eigvals: list[Optional[torch.Tensor]] = []
+        self.layer_steps: list[int] = []
+        self.theta_layers: list[torch.Tensor] = []
 
     def _keeps(self, name: str) -> bool:
         return self.plan.keeps_nngp if name == "nngp_inf" else self.plan.keeps_limits
 
-    def checkpoint(self, row: Mapping[str, Any], theta: Optional[torch.Tensor]) -> None:
+    def checkpoint(self, row: Mapping[str, Any], theta: Optional[torch.Tensor],
+                   arrays: Optional[Mapping[str, torch.Tensor]] = None) -> None:
         self.rows.append(dict(row))
-        self.checkpoint_steps.append(int(row["step"]))
-        if theta is not None and self.plan.level != "none":
-            kept = self.plan.cast_theta(theta.detach()).cpu()
-            if self.plan.level == "ends" and len(self.thetas) == 2:  # keep the first, replace the latest
-                self.thetas.pop()
-                self.steps.pop()
-            self.thetas.append(kept)
-            self.steps.append(int(row["step"]))
+        step = int(row["step"])
+        self.checkpoint_steps.append(step)
+        if theta is not None:
+            _keep(self.plan.level, self.thetas, self.steps, self.plan.cast_theta(theta.detach()), step)
+        arrays = arrays or {}
+        eigvals = arrays.get("eigvals")
+        self.eigvals.append(None if eigvals is None else eigvals.detach().cpu())
+        if arrays.get("theta_layers") is not None:
+            _keep(self.layers_level, self.theta_layers, self.layer_steps,
+                  self.plan.cast_theta(arrays["theta_layers"].detach()), step)
         write_metrics(self.run_dir, self.rows)
+        if self.on_row is not None:
+            self.on_row(row)
 
     def kernels(self) -> dict[str, Any]:
         payload = {k: (self.plan.cast_limit(v) if k in self._LIMITS else v)
@@ -265,9 +281,28 @@ class RunRecorder:
         payload["store"] = self.plan.level
         if self.thetas:
             payload["theta"] = torch.stack(self.thetas)
+        present = [e for e in self.eigvals if e is not None]
+        if present:
+            missing = torch.full_like(present[0], float("nan"))
+            payload["eigvals"] = torch.stack([missing if e is None else e for e in self.eigvals])
+        if self.theta_layers:
+            payload["theta_layers"] = torch.stack(self.theta_layers)
+            payload["layer_steps"] = torch.tensor(self.layer_steps, dtype=torch.int64)
         return payload
 
     def finish(self, summary: Mapping[str, Any]) -> None:
         """Write kernels.pt, then summary.json last (its status marks the run finished)."""
         save_kernels(self.run_dir, self.kernels())
         write_summary(self.run_dir, summary)
+
+
+def _keep(level: str, kept: list, steps: list, value: torch.Tensor, step: int) -> None:
+    """Hold ``value`` as ``level`` says: every one (all), the first and the latest (ends), or
+    none."""
+    if level == "none":
+        return
+    if level == "ends" and len(kept) == 2:  # keep the first, replace the latest
+        kept.pop()
+        steps.pop()
+    kept.append(value.cpu())
+    steps.append(step)

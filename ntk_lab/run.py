@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ntk_lab import build
-from ntk_lab.config import ConfigError, check_overrides, validate
+from ntk_lab.config import ConfigError, check_overrides, logger_config, validate
 from ntk_lab.data import DataError
 from ntk_lab.records import (
     FINISHED_STATUSES, STATUS_FAILED, STATUS_INTERRUPTED, SUMMARY_FILE, find_runs, read_run,
@@ -77,7 +77,11 @@ def _user_error(message: str, run_dir: Path, in_multirun: bool, record: bool = T
 
 
 def main() -> None:
-    """Console entry point: check the group choices, then hand over to Hydra."""
+    """Console entry point: check the group choices, then hand over to Hydra (or to a study
+    that is not a training run: ``experiment=coord_check`` / ``depth_over_width``)."""
+    from ntk_lab.study_cli import hand_over_to_study
+
+    hand_over_to_study(sys.argv[1:])
     problem = check_overrides(sys.argv[1:], Path(_config_dir()))
     if problem:
         print(f"ntk_lab: error: {problem}", file=sys.stderr)
@@ -111,7 +115,8 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     started = time.time()
     try:
         outcome = build.run_experiment(config, run_dir, stop_requested=stop, started=started,
-                                       job_num=hydra_cfg.job.num if in_multirun else None)
+                                       job_num=hydra_cfg.job.num if in_multirun else None,
+                                       logger=_run_logger(config, hydra_cfg, run_dir, in_multirun))
     except (ConfigError, DataError) as err:
         return _user_error(str(err), run_dir, in_multirun)
     except Exception as err:  # a bug or a resource error: recorded, the sweep goes on
@@ -127,6 +132,20 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     if outcome.status == STATUS_INTERRUPTED:  # a signal ends the whole sweep, not one job
         sys.exit(128 + (stop.signal or signal.SIGINT))
     return None
+
+
+def _run_logger(config, hydra_cfg, run_dir: Path, in_multirun: bool):
+    """The run's experiment tracker (``logger=``): a sweep is one MLflow experiment, each job
+    a run named by its number and overrides; the default store is ./outputs/mlflow."""
+    from ntk_lab.loggers import DEFAULT_STORE_DIR, experiment_name, make_logger
+
+    cwd = Path(hydra_cfg.runtime.cwd)
+    sweep_dir = cwd / hydra_cfg.sweep.dir if in_multirun else None
+    run_name = (f"{hydra_cfg.job.num}: {hydra_cfg.job.override_dirname}"[:200] if in_multirun
+                else run_dir.name)
+    return make_logger(config.logger.name, run_dir, tracking_uri=config.logger.tracking_uri,
+                       experiment=experiment_name(config.logger.experiment_name, sweep_dir, cwd),
+                       run_name=run_name, default_store_dir=cwd / DEFAULT_STORE_DIR)
 
 
 # A sweep larger than this is checked one swept value at a time (each value with the other
@@ -194,6 +213,7 @@ class AnalyzeSweepCallback(Callback):
                 print(f"ntk_lab: error: {problem} (sweep stopped before any job ran{job})",
                       file=sys.stderr)
                 sys.exit(2)
+        _sweep_tracker(config, "start")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -202,11 +222,35 @@ class AnalyzeSweepCallback(Callback):
             from ntk_lab.analysis import analyze_sweep
 
             analysis_dir = analyze_sweep(sweep_dir)
-            print(f"ntk_lab: sweep analysed: {analysis_dir / 'report.md'}")
+            print(f"ntk_lab: sweep analysed: {analysis_dir / 'report.md'} and report.html")
+        _sweep_tracker(config, "end")
         if failed_inputs:
             print(f"ntk_lab: error: {len(failed_inputs)} job(s) had invalid settings, e.g. "
                   f"{failed_inputs[0]}", file=sys.stderr)
             sys.exit(2)
+
+
+def _sweep_tracker(config: DictConfig, moment: str) -> None:
+    """The sweep's tracker at its ``start`` (MLflow: the store and the experiment are made
+    once, before parallel jobs would race to make them) and ``end`` (MLflow: the parent run
+    with fits.csv)."""
+    from ntk_lab.loggers import DEFAULT_STORE_DIR, experiment_name, log_sweep_end, prepare_sweep
+
+    section = config.get("logger")
+    try:
+        logger = logger_config(OmegaConf.to_container(section, resolve=True) if section else {})
+    except ConfigError:  # already reported by the checks before any job
+        return
+    cwd = Path(config.hydra.runtime.cwd)
+    sweep_dir = cwd / config.hydra.sweep.dir
+    where = dict(tracking_uri=logger.tracking_uri, default_store_dir=cwd / DEFAULT_STORE_DIR,
+                 experiment=experiment_name(logger.experiment_name, sweep_dir, cwd))
+    if moment == "start":
+        prepare_sweep(logger.name, **where)
+    else:
+        analysis_dir = sweep_dir / "analysis"
+        log_sweep_end(logger.name, sweep_dir, analysis_dir if analysis_dir.is_dir() else None,
+                      **where)
 
 
 def _user_errors(sweep_dir: Path) -> list[str]:

@@ -1,8 +1,11 @@
 """The training loop: full-batch gradient descent (or mini-batch SGD) on the MSE loss, with the
 empirical NTK and the drift metrics recorded at log-spaced checkpoint steps.
 
-Loss (DESIGN.md §2): L(θ) = 1/(2N) Σ_i ‖f(x_i) − y_i‖², divided by α² when the network is an
-α-scaled :class:`~ntk_lab.models.ScaledOutput` (Chizat et al. 2019). Time is t = η·step.
+Loss (DESIGN.md §2): L(θ) = 1/(2N) Σ_i ‖f(x_i) − y_i‖² (or softmax cross-entropy,
+:mod:`ntk_lab.losses`), divided by α² when the network is an α-scaled
+:class:`~ntk_lab.models.ScaledOutput` (Chizat et al. 2019). The optimizer (sgd, momentum,
+adam) and schedule come from :mod:`ntk_lab.optim`. Time is t = Σ_{k<step} η_k (η·step at a
+constant learning rate). Classification data also get ``train_acc`` and ``test_acc``.
 """
 
 from __future__ import annotations
@@ -18,9 +21,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ntk_lab import metrics
+from ntk_lab.checkpoint_geometry import (
+    DEFAULT_SPECTRUM_MAX_PROBE, DEFAULT_TOP_K, CheckpointGeometry, ck_scales, probe_geometry_inputs,
+)
 from ntk_lab.data import Dataset
+from ntk_lab.losses import accuracy, loss_function
+from ntk_lab.optim import OptimizerSettings, build_optimizer, build_scheduler, elapsed_time
 from ntk_lab.hessian import kappa_hessian
 from ntk_lab.kernels.tracker import ProbeKernelTracker
+from ntk_lab.kernels.flow import KernelFlow
 from ntk_lab.kernels.regression import GradientFlowPredictor
 from ntk_lab.linearized import LinearizedModel
 from ntk_lab.models import parameter_layers
@@ -47,6 +56,13 @@ class TrainSettings:
         ntk_enabled: False trains and logs losses and parameter changes only — no empirical
             kernel, no Jacobian change (the baseline the instrumentation's cost is measured
             against).
+        loss: ``mse`` or ``cross_entropy``.
+        optimizer: optimizer, weight decay and schedule; None is plain SGD at ``lr``.
+        parameterization: the network's (μP Adam rescales per-tensor learning rates).
+        infinite_width_note: why there is no Θ_∞ prediction for these settings ('' if there
+            is one); when set, the prediction's columns are recorded as NaN.
+        top_k: k of the top-k eigenspace columns (``eig_overlap_*``, ``target_power_topk``).
+        spectrum_max_probe: the largest probe set whose spectrum is computed at checkpoints.
     """
 
     steps: int = 200
@@ -63,13 +79,31 @@ class TrainSettings:
     hessian_points: int = 8
     hessian_iters: int = 30
     ntk_enabled: bool = True
+    loss: str = "mse"
+    optimizer: Optional[OptimizerSettings] = None
+    parameterization: str = "ntk"
+    infinite_width_note: str = ""
+    top_k: int = DEFAULT_TOP_K
+    spectrum_max_probe: int = DEFAULT_SPECTRUM_MAX_PROBE
+
+    def optimizer_settings(self) -> OptimizerSettings:
+        return self.optimizer or OptimizerSettings("sgd", lr=self.lr)
+
+    def time(self, step: int) -> float:
+        """t = Σ_{k<step} η_k."""
+        o = self.optimizer_settings()
+        return elapsed_time(o.schedule, self.lr, step, self.steps)
+
+
+Predictor = GradientFlowPredictor | KernelFlow  # the Θ_∞ model: MSE closed form, or the integrated flow
 
 
 class Recorder(Protocol):
     """Receives one row of metrics and Θ_t (N_probe, N_probe) at every checkpoint (None when
-    kernels are off, or when the row records a divergence)."""
+    kernels are off, or when the row records a divergence), and the checkpoint's arrays
+    (``eigvals``, ``theta_layers``: :mod:`ntk_lab.checkpoint_geometry`) when there are any."""
 
-    def checkpoint(self, row: dict, theta: Optional[Tensor]) -> None: ...
+    def checkpoint(self, row: dict, theta: Optional[Tensor], arrays: Optional[dict] = None) -> None: ...
 
 
 @dataclass
@@ -121,7 +155,8 @@ class _Checkpointer:
 
     def __init__(self, model: nn.Module, data: Dataset, settings: TrainSettings,
                  theta_inf: Optional[Tensor], loss_scale: float,
-                 linearized: Optional[LinearizedModel], infinite: Optional[GradientFlowPredictor]):
+                 linearized: Optional[LinearizedModel], infinite: Optional[Predictor],
+                 nngp_inf: Optional[Tensor] = None):
         self.model, self.data, self.settings = model, data, settings
         self.theta_inf = theta_inf.double() if theta_inf is not None else None
         self.loss_scale = loss_scale
@@ -130,18 +165,28 @@ class _Checkpointer:
         self.layer_groups = parameter_layers(model)  # per layer: its weight and bias names
         self.kernels = (ProbeKernelTracker(model, data.x_probe, method=settings.ntk_method,
                                            memory_budget_bytes=settings.memory_budget_bytes,
-                                           jac_change=settings.record_jac_change)
+                                           jac_change=settings.record_jac_change, layers=True)
                         if settings.ntk_enabled else None)
+        w_std, b_std, known = ck_scales(model)
+        self.geometry = (CheckpointGeometry(
+            data.y_probe, self.theta_inf, nngp_inf.double() if nngp_inf is not None and known else None,
+            w_std=w_std, b_std=b_std, top_k=settings.top_k,
+            spectrum_max_probe=settings.spectrum_max_probe) if settings.ntk_enabled else None)
+        self.arrays: Optional[dict] = None  # the last row's geometry arrays, for the recorder
         # θ_0 as a module is needed only by the Hessian κ (the tracker keeps its own features)
         self.initial_model = (copy.deepcopy(model).requires_grad_(False)
                               if settings.kappa_hessian else None)
         self.theta_0: Optional[Tensor] = None  # float64
+        self.loss = loss_function(settings.loss)
+        self.classes = data.num_classes is not None
         self.linearized, self.infinite = linearized, infinite
         f0_train, self.f0_test = self._outputs()
         self.f0_test = self.f0_test.double()
+        self.kernel_regression_loss = None
         if infinite is not None:
             infinite.set_initial(f0_train, self.f0_test)
-            self.kernel_regression_loss = _mse64(infinite.kernel_regression(), data.y_test)
+            if hasattr(infinite, "kernel_regression"):  # MSE only: the τ → ∞ limit from f_0 = 0
+                self.kernel_regression_loss = _mse64(infinite.kernel_regression(), data.y_test)
 
     def _outputs(self) -> tuple[Tensor, Tensor]:
         """f(x_train), f(x_test) from one forward pass over both (no graph)."""
@@ -156,21 +201,28 @@ class _Checkpointer:
         f_train, f_test = self._outputs()
         row = {
             "step": step,
-            "time": s.lr * step,
-            "train_loss": metrics.mse_loss(f_train, data.y_train).item(),
-            "test_loss": metrics.mse_loss(f_test, data.y_test).item(),
+            "time": s.time(step),
+            "train_loss": self.loss(f_train, data.y_train).item(),
+            "test_loss": self.loss(f_test, data.y_test).item(),
         }
+        if self.classes:
+            row["train_acc"] = accuracy(f_train, data.y_train)
+            row["test_acc"] = accuracy(f_test, data.y_test)
         if not math.isfinite(row["train_loss"]):
             return row, None, f"training loss became {row['train_loss']} at step {step}"
         row.update(self._parameter_changes())
         if not math.isfinite(row["param_change"]):
             return row, None, f"a parameter became non-finite by step {step}"
-        theta = None
+        theta, self.arrays = None, None
         if self.kernels is not None:
             theta, jac_change = self.kernels(self.model)
             row.update(self._kernel_metrics(theta))
             if jac_change is not None:
                 row["jac_change"] = jac_change
+            layers, ck = probe_geometry_inputs(self.model, data.x_probe, s.memory_budget_bytes,
+                                               self.kernels)
+            columns, self.arrays = self.geometry(theta, row["time"], theta_layers=layers, ck=ck)
+            row.update(columns)
         row.update(self._lazy_comparison(step, f_test.double()))
         if s.kappa_hessian and step == s.steps:
             points = data.x_probe[: s.hessian_points]
@@ -205,6 +257,10 @@ class _Checkpointer:
         gap = ‖f_nn − f_other‖ / ‖f_nn − f_0‖ on the test set (NaN at step 0, where both are 0).
 
         ``f_nn``: the network's test outputs at this step (float64), from the shared forward."""
+        if self.settings.infinite_width_note:  # e.g. Adam: no Θ_∞ prediction; the reason is in summary.json
+            nan = float("nan")
+            out = {"train_loss_inf": nan, "test_loss_inf": nan, "inf_gap": nan}
+            return {**out, "test_acc_inf": nan} if self.classes else out
         if self.linearized is None and self.infinite is None:
             return {}
         data, out = self.data, {}
@@ -218,11 +274,14 @@ class _Checkpointer:
             out["test_loss_lin"] = _mse64(f_lin, data.y_test)
             out["lin_gap"] = gap(f_lin)
         if self.infinite is not None:
-            train_inf, test_inf = self.infinite.at(self.settings.lr * step)
-            out["train_loss_inf"] = _mse64(train_inf, data.y_train)
-            out["test_loss_inf"] = _mse64(test_inf, data.y_test)
+            train_inf, test_inf = self.infinite.at(self.settings.time(step))
+            out["train_loss_inf"] = self.loss(train_inf, data.y_train.double()).item()
+            out["test_loss_inf"] = self.loss(test_inf, data.y_test.double()).item()
             out["inf_gap"] = gap(test_inf)
-            out["test_loss_kernel_regression"] = self.kernel_regression_loss
+            if self.classes:
+                out["test_acc_inf"] = accuracy(test_inf, data.y_test)
+            if self.kernel_regression_loss is not None:
+                out["test_loss_kernel_regression"] = self.kernel_regression_loss
         return out
 
 
@@ -258,7 +317,8 @@ def train(
     *,
     theta_inf: Optional[Tensor] = None,
     loss_scale: float = 1.0,
-    infinite: Optional[GradientFlowPredictor] = None,
+    infinite: Optional[Predictor] = None,
+    nngp_inf: Optional[Tensor] = None,
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> TrainOutcome:
     """Train ``model`` on ``data`` and hand a row of metrics to ``recorder`` at each checkpoint.
@@ -270,7 +330,9 @@ def train(
         recorder: receives ``(row, Θ_t)`` at every checkpoint.
         theta_inf: Θ_∞ on the probe set (N_probe, N_probe), for ``ntk_err_inf``; None skips it.
         loss_scale: the optimised loss is L·loss_scale (1/α² for α-scaled outputs).
-        infinite: Θ_∞ gradient-flow predictor on the train and test sets, or None.
+        infinite: Θ_∞ predictor on the train and test sets (the MSE closed form, or the
+            integrated flow of :mod:`ntk_lab.kernels.flow` for cross-entropy and momentum), or None.
+        nngp_inf: NNGP_∞ on the probe set, for ``nngp_err_inf``; None skips it.
         stop_requested: polled every step; True ends training as ``interrupted``.
 
     Returns:
@@ -279,8 +341,10 @@ def train(
     s = settings
     checkpoints = set(checkpoint_steps(s.steps, s.checkpoints))
     linearized = LinearizedModel(model) if s.track_linearized else None
-    tracker = _Checkpointer(model, data, s, theta_inf, loss_scale, linearized, infinite)
-    optimizer = torch.optim.SGD(list(_trainable(model).values()), lr=s.lr)
+    tracker = _Checkpointer(model, data, s, theta_inf, loss_scale, linearized, infinite, nngp_inf)
+    optimizer = build_optimizer(model, s.optimizer_settings(), s.parameterization)
+    scheduler = build_scheduler(optimizer, s.optimizer_settings().schedule, s.steps)
+    loss_fn = loss_function(s.loss)
     next_batch = _batches(len(data.x_train), s.batch_size, s.seed, data.x_train.device)
     outcome = TrainOutcome(STATUS_OK)
     bar = tqdm(total=s.steps, desc="train", disable=not s.progress, leave=False, dynamic_ncols=True)
@@ -290,7 +354,7 @@ def train(
                 row, theta, problem = tracker.row(step)
                 outcome.rows.append(row)
                 outcome.last_step = step
-                recorder.checkpoint(row, theta)
+                recorder.checkpoint(row, theta, tracker.arrays)
                 bar.set_postfix(_postfix(row))
                 if problem is not None:
                     outcome.status, outcome.diverged_step, outcome.message = STATUS_DIVERGED, step, problem
@@ -303,7 +367,7 @@ def train(
                 break
             idx = next_batch()
             x, y = (data.x_train, data.y_train) if idx is None else (data.x_train[idx], data.y_train[idx])
-            loss = metrics.mse_loss(model(x), y) * loss_scale
+            loss = loss_fn(model(x), y) * loss_scale
             if not torch.isfinite(loss):
                 outcome.status = STATUS_DIVERGED
                 outcome.diverged_step = step
@@ -316,6 +380,7 @@ def train(
                 outcome.status, outcome.diverged_step = STATUS_DIVERGED, step
                 outcome.message = f"the parameter update overflowed at step {step}: {overflow}"
                 break
+            scheduler.step()
             if linearized is not None:  # the same batch, learning rate and loss scale
                 linearized.step(x, y, s.lr, loss_scale)
             bar.update(1)

@@ -16,7 +16,6 @@ the default 20 checkpoints, in a child process, its wall time and peak RSS (targ
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -66,17 +65,32 @@ def overhead(widths: list[int], repeats: int) -> list[tuple[int, float, float, f
     return rows
 
 
+# The child reports its own peak RSS (VmHWM). The children's ru_maxrss would not do: a child
+# created by fork+exec inherits the parent's high-water mark, and this process has just run
+# the width-4096 runs.
+_CHILD = """
+import runpy, sys
+sys.argv = ["ntk_lab.run", *sys.argv[1:]]
+try:
+    runpy.run_module("ntk_lab.run", run_name="__main__")
+finally:
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+    print("VmHWM_kB", hwm[0].split()[1] if hwm else "nan", file=sys.stderr)
+"""
+
+
 def probe_run() -> tuple[float, float, int]:
     """(wall s, peak RSS GB, exit code) of the n_probe = 4096 run in a child process."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, "-m", "ntk_lab.run", "data.n_probe=4096", "width=1024", "depth=3",
+            [sys.executable, "-c", _CHILD, "data.n_probe=4096", "width=1024", "depth=3",
              "progress=false"], cwd=tmp, capture_output=True, text=True)
         wall = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
         if result.returncode != 0:
             print(result.stderr[-2000:], file=sys.stderr)
+        kb = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("VmHWM_kB")]
+        peak = float(kb[-1]) * 1024 / 1e9 if kb else float("nan")
         return wall, peak, result.returncode
 
 

@@ -33,6 +33,16 @@ from ntk_lab.run import _config_dir  # noqa: E402
 
 
 def _peak_bytes() -> int:
+    """This process's peak resident memory. Linux's ru_maxrss is carried over from the parent
+    through fork + exec, so a child of a big process (a pytest session that has trained
+    networks in-process) would report the parent's peak; VmHWM belongs to this process alone."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run one experiment preset and copy its analysis (report, fits, figures) into experiments/.
+# Run one experiment preset and copy its analysis (report.md, report.html and its rendered
+# report.png, fits, figures) into experiments/.
 # Usage: bash scripts/reproduce_study.sh <preset> [<study folder>] [extra Hydra overrides...]
 #   bash scripts/reproduce_study.sh width_sweep_cpu width_sweep
 # The sweep itself is written under outputs/studies/<preset>/<time>/ (not kept in git).
@@ -12,6 +13,10 @@ python -m ntk_lab.run -m "experiment=${preset}" "hydra.sweep.dir=${sweep_dir}" "
 end=$(date +%s)
 dest="experiments/${study}/${preset}"
 mkdir -p "$dest"
-cp "${sweep_dir}/analysis/report.md" "${sweep_dir}/analysis/fits.csv" "$dest/"
+cp "${sweep_dir}/analysis/report.md" "${sweep_dir}/analysis/report.html" \
+   "${sweep_dir}/analysis/fits.csv" "$dest/"
 cp "${sweep_dir}"/analysis/*.png "$dest/" 2>/dev/null || true
+# A picture of report.html beside it, when headless Chromium is installed (apt-get install chromium).
+python -m ntk_lab.analysis.render "$dest/report.html" "$dest/report.png" \
+  || echo "report.png not rendered (no Chromium?); report.html is there"
 echo "wall time $((end - start)) s; sweep in ${sweep_dir}; analysis copied to ${dest}"

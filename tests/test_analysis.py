@@ -351,7 +351,8 @@ def test_cli_writes_the_analysis(tmp_path, capsys):
     root = write_multirun(tmp_path / "cli",
                           width_depth_jobs(depths=(1,), seeds=(0,), with_kernels=False))
     assert main([str(root), "--out", str(tmp_path / "out")]) == 0
-    assert capsys.readouterr().out.strip() == f"report: {tmp_path / 'out' / 'report.md'}"
+    assert capsys.readouterr().out.splitlines() == [f"report: {tmp_path / 'out' / 'report.md'}",
+                                                    f"html:   {tmp_path / 'out' / 'report.html'}"]
     assert (tmp_path / "out" / "fits.csv").exists()
 
 

@@ -209,7 +209,7 @@ MC_CASES = [  # (kind, activation, depth, width, networks, settings); one fast, 
     pytest.param("cnn", "relu", 1, 64, 48, dict(padding="same", readout="gap"), marks=pytest.mark.slow),
     pytest.param("cnn", "erf", 2, 256, 48, dict(padding="circular", readout="flatten"), marks=pytest.mark.slow),
     pytest.param("cnn", "tanh", 2, 256, 48, dict(padding="same", readout="gap"), marks=pytest.mark.slow),
-    ("resmlp", "relu", 1, 256, 32, dict(branch_scale=0.8)),
+    ("resmlp", "relu", 1, 512, 48, dict(branch_scale=0.8)),
     pytest.param("resmlp", "tanh", 3, 512, 64, dict(branch_scale=1.0), marks=pytest.mark.slow),
 ]
 

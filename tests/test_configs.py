@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from ntk_lab.config import check_overrides, validate
 from ntk_lab.run import _config_dir
+from ntk_lab.study_cli import coord_check_settings, fluctuation_settings
 from tests.conftest import TINY, run_cli
 
 CONFIG_DIR = Path(_config_dir())
@@ -34,7 +35,7 @@ def test_default_config_composes_and_validates():
     assert config.train.steps == 200 and config.data.name == "circle"
 
 
-@pytest.mark.parametrize("group", ["model", "data", "train", "ntk"])
+@pytest.mark.parametrize("group", ["model", "data", "train", "ntk", "logger"])
 def test_every_option_of_every_group_composes(group):
     for option in group_options(group):
         extra = ["data.path=x.npz"] if (group, option) == ("data", "file") else []
@@ -47,10 +48,17 @@ def test_every_option_of_every_group_composes(group):
                 assert plain[group][key] == value, (group, option, key)
 
 
+STUDY_SETTINGS = {"coord_check": coord_check_settings, "depth_over_width": fluctuation_settings}
+
+
 @pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_preset_composes(experiment):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    if experiment in STUDY_SETTINGS:  # a study that is not a sweep of runs: its grid is a block
+        config, settings = STUDY_SETTINGS[experiment](composed([f"experiment={experiment}"]))
+        assert len(settings["widths"]) >= 2, f"{experiment} has fewer than two widths"
+        return
     assert cfg.hydra.sweeper.params, f"{experiment} sweeps nothing"
     validate(composed([f"experiment={experiment}"]))
     # every swept value is a valid setting too
@@ -102,10 +110,24 @@ def test_multirun_sweep_makes_one_folder_per_job_and_an_analysis(workdir):
 
 
 def test_check_overrides_accepts_every_valid_form_and_names_the_bad_one():
-    good = ["+width=64", "width=64,128", "++depth=2", "data=digits", "data.path=x.npz",
+    good = ["+width=64", "width=64,128", "++depth=2", "data=file", "data.path=x.npz",
             "model.activation=tanh", "-m", "experiment=width_sweep", "hydra.run.dir=here",
             "hydra/launcher=local_parallel", "lazy=full", "lazy.linearized=true", "seed=0,1"]
     assert check_overrides(good, CONFIG_DIR) is None
     assert "data='cifar'" in check_overrides(["data=circle,cifar"], CONFIG_DIR)
     assert "ntk.methd is not a setting" in check_overrides(["ntk.methd=auto"], CONFIG_DIR)
     assert "lr_max is not a setting" in check_overrides(["+lr_max=3"], CONFIG_DIR)
+
+
+def test_a_key_of_another_option_is_named_with_the_option_it_belongs_to():
+    # Hydra would stop these with a multi-line "Could not override" error.
+    assert check_overrides(["logger.tracking_uri=/x"], CONFIG_DIR) == (
+        "logger.tracking_uri is not a setting of logger=none; it belongs to logger=mlflow "
+        "(choose one on the command line)")
+    assert "belongs to data=file" in check_overrides(["data.path=x.npz"], CONFIG_DIR)
+    for fine in (["logger=mlflow", "logger.tracking_uri=/x"], ["logger.tracking_uri=/x", "logger=mlflow"],
+                 ["experiment=lee2019", "data.in_dim=3"],  # the preset picks sphere_teacher
+                 ["+data.path=x.npz"], ["-m", "logger=none,mlflow", "logger.tracking_uri=/x"]):
+        assert check_overrides(fine, CONFIG_DIR) is None, fine
+    for argv in (["logger=mlflow", "logger.tracking_uri=/x"], ["experiment=lee2019", "data.in_dim=3"]):
+        composed(argv)  # and Hydra composes them

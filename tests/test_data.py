@@ -73,7 +73,7 @@ def test_file_errors_name_data_path(tmp_path, content, match):
 
 def test_unknown_dataset_lists_the_allowed_ones():
     with pytest.raises(DataError, match="circle"):
-        make_dataset("mnist")
+        make_dataset("imagenet")
 
 
 @pytest.mark.parametrize("name", ["circle", "sphere_teacher", "digits"])

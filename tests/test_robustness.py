@@ -42,8 +42,8 @@ def test_bad_input_gives_one_line_and_a_nonzero_exit(workdir, args, message):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["data=mnist"], "data='mnist' is invalid: allowed: circle, digits, file, sphere_teacher"),
-    (["-m", "data=circle,mnist"], "data='mnist' is invalid"),
+    (["data=imagenet"], "data='imagenet' is invalid: allowed: cifar10, circle, digits, fashion_mnist, file, mnist, sphere_teacher"),
+    (["-m", "data=circle,imagenet"], "data='imagenet' is invalid"),
     (["experiment=wdth_sweep"], "experiment='wdth_sweep' is invalid: allowed: alpha_sweep"),
     (["model.activaton=tanh"], "model.activaton is not a setting; model has: activation"),
     (["+widht=64"], "widht is not a setting; top-level keys: analyze, depth"),

@@ -7,7 +7,9 @@ Which metrics are fitted (DESIGN.md §2, "Expected physics"):
   measured, ``lin_gap``, ``inf_gap``, ``kappa_hessian`` at each run's last checkpoint
   against width;
 - ``kappa`` at the last checkpoint against the output scale α (α ≥ 1 only; theory: −1),
-  when α is swept.
+  when α is swept;
+- the kernel-geometry metrics of :mod:`ntk_lab.analysis.geometry_fits` at the last
+  checkpoint against width.
 
 Each fit uses the ok runs of one group of the other swept knobs. The confidence interval is a
 percentile bootstrap that resamples seeds within each width when every width has at least
@@ -29,6 +31,7 @@ from scipy import stats
 from ntk_lab.analysis.collect import (
     Sweep, group_label, iter_groups, layer_columns, same_value,
 )
+from ntk_lab.analysis.geometry_fits import geometry_final_metrics, geometry_init_metrics
 
 CONFIDENCE = 0.95
 # The expanded interval reads percentiles down to ~0.5 % (two seeds per width); 4000
@@ -241,8 +244,10 @@ class FitTable:
 def fit_specs(sweep: Sweep) -> list[FitSpec]:
     """The fits this sweep's columns and knobs allow (see the module docstring)."""
     columns = set(sweep.metric_columns)
-    final = [*FINAL_METRICS, *layer_columns(sweep.metric_columns), *OPTIONAL_FINAL_METRICS]
-    specs = [FitSpec(m, AT_INIT, X_WIDTH) for m in INIT_METRICS if m in columns]
+    final = [*FINAL_METRICS, *layer_columns(sweep.metric_columns), *OPTIONAL_FINAL_METRICS,
+             *geometry_final_metrics(sweep.metric_columns)]
+    specs = [FitSpec(m, AT_INIT, X_WIDTH)
+             for m in [*INIT_METRICS, *geometry_init_metrics(sweep.metric_columns)] if m in columns]
     specs += [FitSpec(m, AT_FINAL, X_WIDTH) for m in final if m in columns]
     if X_OUTPUT_SCALE in sweep.knobs:
         specs += [FitSpec(m, AT_FINAL, X_OUTPUT_SCALE) for m in OUTPUT_SCALE_METRICS

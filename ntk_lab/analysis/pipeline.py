@@ -1,4 +1,5 @@
-"""The analysis stage end to end: collect runs → runs.csv → fits.csv → figures → report.md.
+"""The analysis stage end to end: collect runs → runs.csv → fits.csv → figures → report.md
+and report.html.
 
 :func:`analyze_sweep` is what ``python -m ntk_lab.analyze DIR`` and the Hydra callback at the
 end of a multirun call. A damaged run folder never stops it: ``collect`` marks the run
@@ -15,6 +16,10 @@ from typing import Callable
 from ntk_lab.analysis.collect import Sweep, collect_sweep
 from ntk_lab.analysis.depth_plots import plot_kernel_gaps_vs_depth_over_width
 from ntk_lab.analysis.fit import FitTable, fit_sweep
+from ntk_lab.analysis.geometry_fits import add_geometry_columns
+from ntk_lab.analysis.geometry_plots import (
+    plot_alignment_vs_step, plot_eig_overlap_vs_width, plot_kappa_layers_vs_width, plot_spectrum,
+)
 from ntk_lab.analysis.kernel_plots import plot_jacot_fig1
 from ntk_lab.analysis.lazy_plots import plot_lazy_gaps_vs_width, plot_lee2019_training_curves
 from ntk_lab.analysis.plots import (
@@ -23,6 +28,7 @@ from ntk_lab.analysis.plots import (
     plot_ntk_err_inf_vs_width, plot_param_change_layers_vs_width,
 )
 from ntk_lab.analysis.report import ReportFigure, write_report
+from ntk_lab.analysis.report_html import write_html_report
 from ntk_lab.records import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -31,6 +37,7 @@ ANALYSIS_DIR = "analysis"
 RUNS_FILE = "runs.csv"
 FITS_FILE = "fits.csv"
 REPORT_FILE = "report.md"
+HTML_REPORT_FILE = "report.html"
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,30 @@ FIGURES = (
         "model, one marker per width. Theory (Hanin & Nica 2019): at finite width both grow "
         "with depth/width; scaled-down residual branches keep them smaller at equal depth.",
         "≥ 2 depths"),
+    FigureSpec(
+        "alignment_vs_step.png", plot_alignment_vs_step,
+        "Centered kernel-target alignment A(Θ_t, yyᵀ) on the probe set during training, one "
+        "line per width (Cortes, Mohri & Rostamizadeh 2012). Theory: under ntk the kernel, "
+        "and so its alignment, moves less as width grows; under mup it keeps moving.",
+        "the alignment column (runs with probe targets)"),
+    FigureSpec(
+        "ntk_spectrum.png", plot_spectrum,
+        "Normalized eigenvalues of Θ at init (solid) and after training (dashed), one color "
+        "per width, and of Θ_∞ (dotted). Theory: Θ_0 → Θ_∞ as width grows; training moves "
+        "the spectrum less at larger width under ntk.",
+        "eigvals in kernels.pt (spectra are computed up to ntk.spectrum_max_probe probes)"),
+    FigureSpec(
+        "eig_overlap_init_vs_width.png", plot_eig_overlap_vs_width,
+        "Overlap ‖U_Tᵀ U_0‖²_F/k of the final top-k eigenspace with the initial one vs "
+        "width, and 1 − overlap on log–log axes with fitted slopes (Fort et al. 2020). "
+        "Theory: → 1 as width grows under ntk; stays below 1 under mup.",
+        "final eig_overlap_init for ≥ 2 widths"),
+    FigureSpec(
+        "kappa_layers_vs_width.png", plot_kappa_layers_vs_width,
+        "Per-layer NTK drift κ_l after training vs width, and the conjugate kernel's drift "
+        "(dashed), fitted slopes in the legend. Theory: every layer's kernel moves less as "
+        "width grows under ntk (lazy); not under mup.",
+        "kappa_layer* columns for ≥ 2 widths"),
 )
 
 
@@ -117,7 +148,8 @@ def analyze_sweep(root: Path, out_dir: Path | None = None) -> Path:
     """Analyse every run folder under ``root`` and write the analysis folder.
 
     Writes ``runs.csv`` (one row per run × checkpoint), ``fits.csv`` (scaling exponents with
-    confidence intervals), the figures the data supports and ``report.md``.
+    confidence intervals), the figures the data supports, ``report.md`` and the
+    self-contained ``report.html`` (figures embedded).
 
     Args:
         root: a multirun folder, a single run folder, or any folder holding run folders.
@@ -134,12 +166,13 @@ def analyze_sweep(root: Path, out_dir: Path | None = None) -> Path:
         raise FileNotFoundError(f"no such directory: {root}")
     out_dir = Path(out_dir) if out_dir is not None else root / ANALYSIS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    sweep = collect_sweep(root)
+    sweep = add_geometry_columns(collect_sweep(root))
     atomic_write_text(out_dir / RUNS_FILE, sweep.runs.to_csv(index=False))
     fits = fit_sweep(sweep)
     atomic_write_text(out_dir / FITS_FILE, fits.table.to_csv(index=False))
     drawn, not_drawn, notes = draw_figures(sweep, fits, out_dir)
     write_report(sweep, fits, drawn, not_drawn, notes, out_dir / REPORT_FILE)
+    write_html_report(sweep, fits, drawn, not_drawn, notes, out_dir / HTML_REPORT_FILE)
     log.info("analysis of %d run folders written to %s", len(sweep.records), out_dir)
     return out_dir
 

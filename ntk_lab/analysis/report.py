@@ -21,6 +21,7 @@ from ntk_lab.analysis.collect import (
 from ntk_lab.analysis.fit import (
     CONFIDENCE, X_OUTPUT_SCALE, FitSpec, FitTable, PowerLawFit,
 )
+from ntk_lab.analysis.geometry_fits import geometry_expected_slope
 from ntk_lab.records import (
     STATUS_DIVERGED, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_OK, atomic_write_text,
 )
@@ -79,13 +80,17 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list
     return out
 
 
-def _runs_section(sweep: Sweep) -> list[str]:
+def status_counts(sweep: Sweep) -> list[tuple[str, int]]:
+    """``(status, number of runs)`` in :data:`STATUS_ORDER`, unknown statuses last."""
     counts = sweep.run_info["status"].value_counts()
     order = [s for s in STATUS_ORDER if s in counts] + sorted(
         s for s in counts.index if s not in STATUS_ORDER)
-    rows = [(status, int(counts[status])) for status in order]
+    return [(status, int(counts[status])) for status in order]
+
+
+def _runs_section(sweep: Sweep) -> list[str]:
     return ["## Runs", "", f"{len(sweep.records)} run folders.", "",
-            *markdown_table(("status", "runs"), rows), ""]
+            *markdown_table(("status", "runs"), status_counts(sweep)), ""]
 
 
 def _swept_section(sweep: Sweep) -> list[str]:
@@ -93,7 +98,7 @@ def _swept_section(sweep: Sweep) -> list[str]:
     fixed = [c for c in sweep.config_columns if len(sweep.values(c)) == 1]
     lines = ["## What was swept", ""]
     if swept:
-        rows = [(c, _value_list(sweep.values(c)), "yes" if c in sweep.knobs else "no")
+        rows = [(c, value_list(sweep.values(c)), "yes" if c in sweep.knobs else "no")
                 for c in swept]
         lines += ["Values over ok runs; *groups fits* says whether fits are done separately "
                   "for each value (width is the x axis, seeds are replicates).", "",
@@ -106,31 +111,42 @@ def _swept_section(sweep: Sweep) -> list[str]:
     return lines
 
 
-def _value_list(values: Sequence[Any]) -> str:
+def value_list(values: Sequence[Any]) -> str:
+    """Values as ``a, b, c``, cut after :data:`MAX_LISTED_VALUES`."""
     shown = ", ".join(format_value(v) for v in values[:MAX_LISTED_VALUES])
     more = len(values) - MAX_LISTED_VALUES
     return shown + (f", … ({more} more)" if more > 0 else "")
 
 
 def _fits_section(sweep: Sweep, fits: FitTable) -> list[str]:
-    lines = ["## Scaling fits (fits.csv)", "",
-             f"Slope of ln(metric) against ln(x) over ok runs, with a {CONFIDENCE:.0%} "
-             "interval: *bootstrap* resamples seeds within each width when every width has "
-             "≥ 2 seeds (expanded percentile interval; near its nominal coverage from 3 seeds "
-             "per width, narrower than it should be with 2), *ols-t* is the least-squares "
-             "standard error with Student's t, *none* means two points and no interval. "
-             "*n_widths* counts distinct x values; the intercept in fits.csv is ln of the "
-             "prefactor. The theory column is DESIGN.md §2's expectation, shown for "
-             "comparison — the fit does not assume it.", ""]
+    lines = ["## Scaling fits (fits.csv)", "", FITS_EXPLANATION, ""]
     if not fits.entries:
         return lines + ["No scaling law could be fitted (see the notes).", "",
                         *_fit_notes(fits)]
-    rows = [(spec.metric, step, spec.x, group_label(group), f"{fit.slope:.3f}", _interval(fit),
+    return lines + [*markdown_table(FIT_HEADER, fit_rows(sweep, fits)), "", *_fit_notes(fits)]
+
+
+# How to read the fits table (markdown: *x* is emphasis); shared by report.md and report.html.
+FITS_EXPLANATION = (
+    f"Slope of ln(metric) against ln(x) over ok runs, with a {CONFIDENCE:.0%} "
+    "interval: *bootstrap* resamples seeds within each width when every width has "
+    "≥ 2 seeds (expanded percentile interval; near its nominal coverage from 3 seeds "
+    "per width, narrower than it should be with 2), *ols-t* is the least-squares "
+    "standard error with Student's t, *none* means two points and no interval. "
+    "*n_widths* counts distinct x values; the intercept in fits.csv is ln of the "
+    "prefactor. The theory column is DESIGN.md §2's expectation, shown for "
+    "comparison — the fit does not assume it.")
+
+FIT_HEADER = ("metric", "step", "x", "group", "slope", "95% CI", "n_runs", "n_widths",
+              "CI method", "theory")
+
+
+def fit_rows(sweep: Sweep, fits: FitTable) -> list[tuple]:
+    """The fits table as the reports show it, one tuple per fit in :data:`FIT_HEADER` order:
+    slope and interval rounded to 3 decimals, the group as text, DESIGN.md §2's expectation."""
+    return [(spec.metric, step, spec.x, group_label(group), f"{fit.slope:.3f}", _interval(fit),
              fit.n_points, fit.n_x, fit.ci_method, expected_slope(spec, group, sweep))
             for (spec, group, fit), step in zip(fits.entries, fits.table["step"])]
-    header = ("metric", "step", "x", "group", "slope", "95% CI", "n_runs", "n_widths",
-              "CI method", "theory")
-    return lines + [*markdown_table(header, rows), "", *_fit_notes(fits)]
 
 
 def _fit_notes(fits: FitTable) -> list[str]:
@@ -152,6 +168,9 @@ def expected_slope(spec: FitSpec, group: Mapping[str, Any], sweep: Sweep) -> str
     if spec.metric == "ntk_err_inf":
         return "-0.5"
     parameterization = _setting(sweep, group, "parameterization")
+    geometric = geometry_expected_slope(spec.metric, parameterization)
+    if geometric is not None:
+        return geometric
     if spec.metric == "kappa":
         if parameterization == "mup":
             return "≈ 0 (feature learning)"
@@ -193,12 +212,12 @@ def _problems_section(sweep: Sweep) -> list[str]:
     lines = ["## Runs left out of the fits", ""]
     if not len(bad):
         return lines + ["None: every run finished with status ok.", ""]
-    rows = [(f"`{run['run_dir']}`", run["status"], _detail(run))
+    rows = [(f"`{run['run_dir']}`", run["status"], run_detail(run))
             for _, run in bad.sort_values("run_dir").iterrows()]
     return lines + [*markdown_table(("folder", "status", "detail"), rows), ""]
 
 
-def _detail(run: pd.Series) -> str:
+def run_detail(run: pd.Series) -> str:
     """The run's message and problem, with the divergence step, on one short line."""
     parts = []
     if run["status"] == STATUS_DIVERGED:

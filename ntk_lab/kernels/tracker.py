@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
 from ntk_lab.kernels._common import DEFAULT_MEMORY_BUDGET_BYTES, full_fp32_precision
@@ -46,11 +47,17 @@ class ProbeKernelTracker:
             Jacobians) held at once.
         jac_change: also compute ``jac_change``; False returns None for it and keeps nothing
             of θ_0.
+        layers: on the fused structured path, also keep the last call's per-layer kernels
+            ``theta_layers`` (L, N, N), whose sum is Θ — what the checkpoint geometry needs,
+            without a second features pass (None on the other paths).
     """
 
     def __init__(self, model: nn.Module, x_probe: Tensor, *, method: str = "auto",
-                 memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES, jac_change: bool = True):
+                 memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES, jac_change: bool = True,
+                 layers: bool = False):
         self.x = x_probe
+        self.keep_layers = layers
+        self.theta_layers: Optional[Tensor] = None
         self.method = resolve_method(model, x_probe, None, method)
         self.budget = memory_budget_bytes
         self.track_jacobian = jac_change
@@ -90,7 +97,12 @@ class ProbeKernelTracker:
         # the factors are captured on the whole module, so an α-scaled output's α is in δ
         with full_fp32_precision():
             feats = model_factors(model, self.x)
-            theta = symmetric_kernel_from_features(feats, self.budget // 2)
+            if self.keep_layers:  # the same Gram products, kept per layer, then summed
+                self.theta_layers = torch.stack(
+                    [symmetric_kernel_from_features([f], self.budget // 2) for f in feats])
+                theta = self.theta_layers.sum(0)
+            else:
+                theta = symmetric_kernel_from_features(feats, self.budget // 2)
             if not self.track_jacobian:
                 return theta, None
             if first:
