@@ -62,6 +62,46 @@ def test_tracker_matches_independent_kernel_and_jacobian_change(budget, wrap):
     assert change_t == pytest.approx(expected, rel=1e-9)
 
 
+def _layer_kernel_by_jacrev(model: nn.Module, x: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """Θ_l(x, x) (N, N), trace mode, of the parameters ``names`` only: explicit per-sample
+    Jacobians by torch.func.jacrev, the others held fixed (an independent computation)."""
+    params = dict(model.named_parameters())
+    chosen = {k: params[k].detach() for k in names}
+    rest = {k: v.detach() for k, v in params.items() if k not in chosen}
+
+    def f(p, xi):
+        return torch.func.functional_call(model, {**rest, **p}, (xi[None],))[0]
+
+    jac = torch.func.vmap(torch.func.jacrev(f), in_dims=(None, 0))(chosen, x)
+    flat = torch.cat([j.reshape(len(x), j.shape[1], -1) for j in jac.values()], -1)  # (N, O, P_l)
+    return torch.einsum("nop,mop->nm", flat, flat) / flat.shape[1]
+
+
+@pytest.mark.parametrize("kind", ["cnn", "resmlp"])
+def test_tracker_per_layer_kernels_of_conv_and_residual_nets(kind):
+    """With ``layers=True`` the fused tracker keeps Θ_l for every parameterized layer of a CNN
+    or a ResMLP; each equals the jacrev kernel of that layer's parameters alone and they sum
+    to Θ (what kappa_layer{i}, ntk_share_layer{i} and alignment_layer{i} are built on)."""
+    from ntk_lab.models import CNN, ResMLP, parameter_layers
+
+    torch.manual_seed(0)
+    if kind == "cnn":
+        model = CNN(2, 6, 2, 3, "tanh", b_std=0.2, seed=1, dtype=torch.float64)
+        x = torch.randn(5, 2, 5, 5, dtype=torch.float64)
+    else:
+        model = ResMLP(3, 8, 2, 3, "tanh", b_std=0.2, branch_scale=0.7, seed=1, dtype=torch.float64)
+        x = torch.randn(7, 3, dtype=torch.float64)
+    tracker = ProbeKernelTracker(model, x, method="structured", layers=True)
+    assert tracker.fused
+    theta, _ = tracker(model)
+    groups = parameter_layers(model)
+    assert tracker.theta_layers.shape == (len(groups), len(x), len(x))
+    for names, layer in zip(groups, tracker.theta_layers):
+        torch.testing.assert_close(layer, _layer_kernel_by_jacrev(model, x, names),
+                                   atol=FLOAT64_ATOL, rtol=0)
+    torch.testing.assert_close(tracker.theta_layers.sum(0), theta, atol=FLOAT64_ATOL, rtol=0)
+
+
 class _Bilinear(nn.Module):
     """Layers the structured factorization does not know (nn.Linear it does, since issue 10)."""
 

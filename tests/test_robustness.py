@@ -117,7 +117,7 @@ def test_sigterm_mid_run_leaves_interrupted_loadable_files_and_resume_completes(
     assert result.stdout.count("already finished") == 2
 
 
-@pytest.mark.parametrize("launcher", ["local_parallel", "submitit_local"])
+@pytest.mark.parametrize("launcher", ["local_parallel", pytest.param("submitit_local", marks=pytest.mark.slow)])
 def test_launchers_run_a_two_job_sweep(workdir, launcher):
     tiny = [a for a in TINY if not a.startswith("width")]
     result = run_cli(["-m", f"hydra/launcher={launcher}", "+width=8,16", *tiny], workdir)
