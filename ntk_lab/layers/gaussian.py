@@ -31,7 +31,7 @@ import torch
 from scipy.special import roots_hermitenorm
 from torch import Tensor
 
-from ntk_lab.activations import Activation
+from ntk_lab.activations import Activation, broadcast_shape
 
 # Hermite-series controls (see _series_expectations).
 SERIES_TOL = 1e-10
@@ -174,7 +174,7 @@ def gaussian_expectations(act: Activation, q11: Tensor, q12: Tensor, q22: Tensor
     rho = torch.where(positive, q12 / torch.sqrt(torch.where(positive, prod, torch.ones_like(prod))),
                       torch.zeros_like(q12)).clamp_(-1.0, 1.0)
     acc = a[-1] * b[-1]  # (2, *pair shape): φ and φ' at once
-    acc = acc.expand(2, *torch.broadcast_shapes(acc.shape[1:], rho.shape)).clone()
+    acc = acc.expand(2, *broadcast_shape(acc.shape[1:], rho.shape)).clone()
     for j in range(k - 2, -1, -1):  # Horner in ρ: acc ← acc·ρ + a_j b_j, in place
         acc.mul_(rho).addcmul_(a[j], b[j])
     return acc[0], acc[1]
