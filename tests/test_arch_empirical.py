@@ -259,3 +259,26 @@ def test_mup_at_init_is_the_ntk_network_with_its_output_divided_by_sqrt_width(ma
     with torch.no_grad():
         assert torch.allclose(mup(x), ntk(x) / math.sqrt(ntk.width), rtol=rtol, atol=0)
     assert torch.allclose(empirical_ntk(mup, x, mode="full"), empirical_ntk(ntk, x, mode="full"), rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,dilation,pads,mode", [
+    ((3, 4, 7, 6), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), "zeros"),
+    ((3, 4, 7, 6), (3, 2), (2, 1), (1, 1), (1, 1, 1, 1), "circular"),
+    ((3, 4, 7, 6), (3, 3), (1, 2), (2, 1), (0, 0, 0, 0), "zeros"),
+    ((2, 5, 9), (3,), (2,), (1,), (1, 1), "zeros"),
+])
+def test_unfolded_patches_equal_im2col(shape, kernel, stride, dilation, pads, mode):
+    """The strided-view patches (and the dilated fallback) equal torch's im2col after the
+    same padding, transposed to (N, P, C·∏k): exact, both are copies of the input."""
+    import torch.nn.functional as F
+
+    from ntk_lab.layers.conv import unfold_patches
+
+    h = torch.randn(*shape, dtype=torch.float64)
+    got = unfold_patches(h, kernel, stride, dilation, pads, mode)
+    padded = F.pad(h, pads, mode="constant" if mode == "zeros" else mode)
+    if padded.ndim == 3:
+        padded, kernel, stride, dilation = (padded.unsqueeze(2), (1, *kernel), (1, *stride),
+                                            (1, *dilation))
+    want = F.unfold(padded, kernel, dilation=dilation, stride=stride).transpose(1, 2)
+    assert torch.equal(got, want)
