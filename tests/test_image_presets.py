@@ -69,3 +69,34 @@ def test_lee2019_cifar2_sweep_fits_the_layer_exponents(workdir, cifar_root):
     assert -0.75 < slope("param_change_layer1", 1) < -0.3
     assert -1.3 < slope("param_change_layer2", 3) < -0.7
     assert slope("kappa", 1) < -0.4 and slope("kappa", 3) < -0.4
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generated_mnist")
+    synthetic.write_idx_dataset(root / "mnist", 2000, 1000)  # ~200 training images per class
+    return root
+
+
+@pytest.mark.slow
+def test_mnist_cnn_drift_sweep_fits_cnn_and_mlp_apart(workdir, mnist_root):
+    """Widths 32 and 512, one seed, 40 steps, CNN and MLP, on generated MNIST-format files:
+    the analysis fits each network on its own, both kernels freeze as width grows (κ slope
+    < 0) and approach Θ_∞ at init, and the accuracy figure is drawn."""
+    sweep = workdir / "sweep"
+    result = run_cli(["-m", "experiment=mnist_cnn_drift_cpu", f"data.root={mnist_root}",
+                      "hydra.sweeper.params.width='32,512'", "hydra.sweeper.params.seed=0",
+                      "train.steps=40", "ntk.checkpoints=4", "data.n_train=64",
+                      "data.n_test=64", f"hydra.sweep.dir={sweep}"],
+                     workdir, timeout=1800)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = pd.read_csv(sweep / "analysis" / "runs.csv")
+    assert set(runs.model) == {"cnn", "mlp"} and set(runs[runs.model == "cnn"].readout) == {"flatten"}
+    final = runs[runs.step == runs.step.max()]
+    assert final.test_acc.notna().all() and final.inf_gap.notna().all()
+    fits = pd.read_csv(sweep / "analysis" / "fits.csv")
+    slope = lambda metric, model: fits[(fits.metric == metric) & (fits.model == model)].slope.item()  # noqa: E731
+    for model in ("cnn", "mlp"):
+        assert slope("kappa", model) < -0.3, model
+        assert -1.0 < slope("ntk_err_inf", model) < -0.2, model
+    assert (sweep / "analysis" / "accuracy_vs_width.png").is_file()

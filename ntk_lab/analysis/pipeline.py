@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ntk_lab.analysis.accuracy_plots import plot_accuracy_vs_width
 from ntk_lab.analysis.collect import Sweep, collect_sweep
 from ntk_lab.analysis.depth_plots import plot_kernel_gaps_vs_depth_over_width
 from ntk_lab.analysis.fit import FitTable, fit_sweep
@@ -111,6 +112,13 @@ FIGURES = (
         "∝ n^(−1/2) dashed; Liu, Zhu & Belkin 2020), while under mup they do not (feature "
         "learning).",
         "final lin_gap, inf_gap or kappa_hessian for ≥ 2 widths (lazy=full)"),
+    FigureSpec(
+        "accuracy_vs_width.png", plot_accuracy_vs_width,
+        "Final test accuracy of the network (solid) and of its Θ_∞ gradient-flow prediction "
+        "(dashed), and final train accuracy, vs width, one color per group (e.g. CNN vs "
+        "MLP). Theory: the network's accuracy approaches the Θ_∞ prediction's as width "
+        "grows (ntk parameterization); no power law is fitted to a bounded quantity.",
+        "test_acc (classification data) for ≥ 2 widths"),
     FigureSpec(
         "kernel_gaps_vs_depth_over_width.png", plot_kernel_gaps_vs_depth_over_width,
         "Distance of Θ_0 to Θ_∞ at init and final kernel drift vs depth/width, one colour per "
