@@ -8,6 +8,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -21,6 +22,7 @@ from ntk_lab.models.custom import check_output_shape, check_sample_independence
 from ntk_lab.records import load_kernels
 from tests.conftest import TINY, run_cli
 from tests.test_configs import composed
+from tests.test_analysis import write_multirun
 
 TINY_DIGITS = ["data=digits", "width=8", "depth=2", "train.steps=2", "ntk.checkpoints=2",
                "data.n_probe=6", "data.n_train=16", "data.n_test=16", "progress=false"]
@@ -216,17 +218,81 @@ def test_sample_mixing_detection_on_modules():
 
 
 # --------------------------------------------------------------------------- analysis
-def test_kernel_gaps_vs_depth_over_width_figure(tmp_path):
-    """The resmlp_depth figure is drawn for a sweep over model × depth × width and only then."""
-    from ntk_lab.analysis import collect_sweep, fit_sweep
-    from ntk_lab.analysis.depth_plots import plot_kernel_gaps_vs_depth_over_width
-    from tests.test_analysis import metric_rows, summary_for, write_multirun
+# resmlp_depth's analysis on synthetic runs: ntk_err_inf = c·(depth/width)^p and
+# kappa = c·depth^q/width, with different exponents for the plain and the residual MLP, so a
+# fit or a figure line that pooled the two models would give neither model's exponent.
+GAP_EXPONENT = {"mlp": 0.5, "resmlp": 0.1}      # p
+KAPPA_DEPTH_EXPONENT = {"mlp": 1.0, "resmlp": 0.2}  # q
+GAP_PREFACTOR = {"mlp": 2.0, "resmlp": 0.5}
+GAP_NOISE = 0.02  # relative, per run
+# 2 % noise over an 8× depth range moves a slope by ~0.01; 0.05 is ~5σ and well below the
+# 0.4 that separates the two models' exponents.
+GAP_SLOPE_TOL = 0.05
 
-    jobs = [(summary_for(w, d, s, model=m), metric_rows(w, d, s), None)
-            for m in ("mlp", "resmlp") for d in (1, 2) for w in (64, 256) for s in (0, 1)]
+
+def _gap_jobs(models=("mlp", "resmlp"), depths=(4, 8, 32), widths=(64, 256), seeds=(0, 1)):
+    from tests.test_analysis import summary_for
+
+    jobs = []
+    for m_index, model in enumerate(models):
+        for depth in depths:
+            for width in widths:
+                for seed in seeds:
+                    rng = np.random.default_rng([m_index, depth, width, seed])
+                    noise = lambda: 1 + GAP_NOISE * rng.standard_normal()  # noqa: E731
+                    gap = GAP_PREFACTOR[model] * (depth / width) ** GAP_EXPONENT[model] * noise()
+                    kappa = depth ** KAPPA_DEPTH_EXPONENT[model] / width * noise()
+                    rows = [{"step": 0, "ntk_err_inf": gap, "kappa": 0.0},
+                            {"step": 100, "ntk_err_inf": 1.1 * gap, "kappa": kappa}]
+                    jobs.append((summary_for(width, depth, seed, model=model), rows, None))
+    return jobs
+
+
+def test_resmlp_depth_analysis_keeps_plain_and_residual_apart(tmp_path, monkeypatch):
+    """fits.csv has a model column with per-model slopes against width and depth, and the
+    depth/width figure draws one line per model and width at that model's seed means."""
+    from ntk_lab.analysis import collect_sweep, fit_sweep
+    from ntk_lab.analysis import depth_plots
+    from ntk_lab.analysis.report import fit_rows
+
+    jobs = _gap_jobs()
     sweep = collect_sweep(write_multirun(tmp_path / "sweep", jobs))
-    assert "model" in sweep.group_keys
-    assert plot_kernel_gaps_vs_depth_over_width(sweep, fit_sweep(sweep), tmp_path / "gaps.png")
-    assert (tmp_path / "gaps.png").stat().st_size > 10_000
-    one_depth = collect_sweep(write_multirun(tmp_path / "one", [j for j in jobs if j[0]["depth"] == 1]))
-    assert not plot_kernel_gaps_vs_depth_over_width(one_depth, fit_sweep(one_depth), tmp_path / "no.png")
+    assert "model" in sweep.group_keys and "branch_scale" not in sweep.group_keys
+    fits = fit_sweep(sweep)
+    table = fits.table
+    for model in ("mlp", "resmlp"):
+        for depth in (4, 8, 32):  # against width, one fit per model and depth
+            row = table[(table.x == "width") & (table.metric == "ntk_err_inf")
+                        & (table.model == model) & (table.depth == depth)]
+            assert len(row) == 1
+            assert row.slope.iloc[0] == pytest.approx(-GAP_EXPONENT[model], abs=GAP_SLOPE_TOL)
+        for width in (64, 256):  # against depth, one fit per model and width
+            at = table[(table.x == "depth") & (table.model == model) & (table.width == width)]
+            gap, kappa = (at[at.metric == m] for m in ("ntk_err_inf", "kappa"))
+            assert len(gap) == len(kappa) == 1
+            assert gap.slope.iloc[0] == pytest.approx(GAP_EXPONENT[model], abs=GAP_SLOPE_TOL)
+            assert kappa.slope.iloc[0] == pytest.approx(KAPPA_DEPTH_EXPONENT[model], abs=GAP_SLOPE_TOL)
+    theory = {(r[0], r[2], r[3].split(",")[0]): r[-1] for r in fit_rows(sweep, fits)}
+    assert theory[("ntk_err_inf", "depth", "model=mlp")].startswith("+0.5")
+    assert theory[("ntk_err_inf", "depth", "model=resmlp")] == "below the plain MLP's"
+
+    drawn = {}
+
+    def keep(fig, path):
+        drawn["lines"] = {line.get_label(): line for line in fig.axes[0].get_lines()}
+        return True
+
+    monkeypatch.setattr(depth_plots, "save_figure", keep)
+    assert depth_plots.plot_kernel_gaps_vs_depth_over_width(sweep, fits, tmp_path / "gaps.png")
+    for model in ("mlp", "resmlp"):
+        for width in (64, 256):
+            line = drawn["lines"][f"model={model}, width {width}"]
+            means = [np.mean([rows[0]["ntk_err_inf"] for summary, rows, _ in jobs
+                              if (summary["model"], summary["width"], summary["depth"]) == (model, width, d)])
+                     for d in (4, 8, 32)]
+            np.testing.assert_allclose(line.get_xdata(), [d / width for d in (4, 8, 32)])
+            np.testing.assert_allclose(line.get_ydata(), means, rtol=1e-12)
+    assert len(drawn["lines"]) == 4
+    one_depth = collect_sweep(write_multirun(tmp_path / "one", [j for j in jobs if j[0]["depth"] == 4]))
+    assert not depth_plots.plot_kernel_gaps_vs_depth_over_width(one_depth, fit_sweep(one_depth),
+                                                                tmp_path / "no.png")

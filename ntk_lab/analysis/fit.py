@@ -8,6 +8,9 @@ Which metrics are fitted (DESIGN.md §2, "Expected physics"):
   against width;
 - ``kappa`` at the last checkpoint against the output scale α (α ≥ 1 only; theory: −1),
   when α is swept;
+- ``ntk_err_inf`` at step 0 and ``kappa`` at the last checkpoint against depth, one fit per
+  width (and per model, ...), when depth is swept (Hanin & Nica 2019: at finite width both
+  grow with depth/width for a plain network);
 - the kernel-geometry metrics of :mod:`ntk_lab.analysis.geometry_fits` at the last
   checkpoint against width.
 
@@ -48,11 +51,14 @@ INIT_METRICS = ("ntk_err_inf",)
 FINAL_METRICS = ("kappa", "param_change", "jac_change")
 OPTIONAL_FINAL_METRICS = ("lin_gap", "inf_gap", "kappa_hessian")
 OUTPUT_SCALE_METRICS = ("kappa",)
+DEPTH_INIT_METRICS = ("ntk_err_inf",)
+DEPTH_FINAL_METRICS = ("kappa",)
 # Chizat, Oyallon & Bach's 1/α law describes the lazy regime α ≥ 1.
 MIN_OUTPUT_SCALE = 1.0
 
 X_WIDTH = "width"
 X_OUTPUT_SCALE = "output_scale"
+X_DEPTH = "depth"
 AT_INIT = "init"
 AT_FINAL = "final"
 
@@ -252,6 +258,9 @@ def fit_specs(sweep: Sweep) -> list[FitSpec]:
     if X_OUTPUT_SCALE in sweep.knobs:
         specs += [FitSpec(m, AT_FINAL, X_OUTPUT_SCALE) for m in OUTPUT_SCALE_METRICS
                   if m in columns]
+    if X_DEPTH in sweep.knobs:  # groups by width and the other knobs (e.g. model=mlp|resmlp)
+        specs += [FitSpec(m, AT_INIT, X_DEPTH) for m in DEPTH_INIT_METRICS if m in columns]
+        specs += [FitSpec(m, AT_FINAL, X_DEPTH) for m in DEPTH_FINAL_METRICS if m in columns]
     return specs
 
 

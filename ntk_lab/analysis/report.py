@@ -19,7 +19,7 @@ from ntk_lab.analysis.collect import (
     layer_number,
 )
 from ntk_lab.analysis.fit import (
-    CONFIDENCE, X_OUTPUT_SCALE, FitSpec, FitTable, PowerLawFit,
+    CONFIDENCE, X_DEPTH, X_OUTPUT_SCALE, FitSpec, FitTable, PowerLawFit,
 )
 from ntk_lab.analysis.geometry_fits import geometry_expected_slope
 from ntk_lab.records import (
@@ -165,6 +165,8 @@ def expected_slope(spec: FitSpec, group: Mapping[str, Any], sweep: Sweep) -> str
     """What DESIGN.md §2 expects for this slope, as text ('—' where it says nothing)."""
     if spec.x == X_OUTPUT_SCALE:
         return "-1 (Chizat et al. 2019)" if spec.metric == "kappa" else "—"
+    if spec.x == X_DEPTH:
+        return _expected_depth_slope(spec, group, sweep)
     if spec.metric == "ntk_err_inf":
         return "-0.5"
     parameterization = _setting(sweep, group, "parameterization")
@@ -181,6 +183,20 @@ def expected_slope(spec: FitSpec, group: Mapping[str, Any], sweep: Sweep) -> str
         if layer == 1 or (isinstance(depth, (int, float)) and layer == depth + 1):
             return "-0.5 (input / readout)"
         return "-1 (hidden)" if depth is not None else "—"
+    return "—"
+
+
+def _expected_depth_slope(spec: FitSpec, group: Mapping[str, Any], sweep: Sweep) -> str:
+    """Against depth at fixed width (Hanin & Nica 2019): a plain network's relative NTK
+    variance at init is ≈ 5·depth/width, so ``ntk_err_inf`` ∝ √(depth/width); its drift
+    grows with depth/width too. A residual net with scaled-down branches grows less."""
+    if _setting(sweep, group, "parameterization") not in ("ntk", None):
+        return "—"
+    model = _setting(sweep, group, "model")
+    if model in ("mlp", None):
+        return "+0.5 (Hanin & Nica 2019)" if spec.metric == "ntk_err_inf" else "> 0 (Hanin & Nica 2019)"
+    if model == "resmlp":
+        return "below the plain MLP's"
     return "—"
 
 
