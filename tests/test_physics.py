@@ -53,3 +53,38 @@ def test_cnn_width_sweep_cpu_ntk_err_inf_falls_like_inverse_sqrt_channels_and_ka
     assert -0.65 <= err["slope"] <= -0.35
     kappa = fit(fits, "kappa")
     assert kappa["slope"] < 0 and kappa["ci_high"] < 0
+
+
+# resmlp_depth_cpu: 48 runs, ~25 min on the shared 2-core CPU (1531 s measured at load 5).
+RESMLP_DEPTH_TIMEOUT_S = 3600
+
+
+def check_resmlp_depth(sweep: Path) -> None:
+    """Issue 10's plain-vs-residual predictions on a finished resmlp_depth(_cpu) sweep."""
+    fits = pd.read_csv(sweep / "analysis" / "fits.csv")
+    runs = pd.read_csv(sweep / "analysis" / "runs.csv")
+    widths = sorted(runs["width"].unique())
+    deepest = runs["depth"].max()
+    against_depth = fits[fits["x"] == "depth"]
+    for width in widths:
+        # Hanin & Nica 2019: the plain MLP's kernel drift grows with depth at fixed width.
+        plain = fit(against_depth, "kappa", model="mlp", width=width)
+        assert plain["slope"] > 0 and plain["ci_low"] > 0, plain
+        # The residual net (β = 0.25) drifts less at the largest depth than the plain one.
+        final = runs.sort_values("step").groupby("run_dir").tail(1)
+        at = final[(final["width"] == width) & (final["depth"] == deepest)]
+        kappa = at.groupby("model")["kappa"].mean()
+        assert kappa["resmlp"] < kappa["mlp"], kappa
+    against_width = fits[fits["x"] == "width"]
+    for model in ("mlp", "resmlp"):
+        for depth in sorted(runs["depth"].unique()):  # the gap at init falls with width
+            assert fit(against_width, "ntk_err_inf", model=model, depth=depth)["slope"] < 0
+
+
+def test_resmlp_depth_cpu_plain_mlp_drifts_more_with_depth_than_the_residual_one(workdir):
+    """Issue 10's resmlp_depth study, CPU-sized (see experiments/resmlp_depth/README.md)."""
+    sweep = workdir / "sweep"
+    result = run_cli(["-m", "experiment=resmlp_depth_cpu", f"hydra.sweep.dir={sweep}"], workdir,
+                     timeout=RESMLP_DEPTH_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_resmlp_depth(sweep)

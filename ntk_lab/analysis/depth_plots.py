@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import NullFormatter
 
 from ntk_lab.analysis.collect import Sweep, format_value, group_label, iter_groups
 from ntk_lab.analysis.fit import FitTable
@@ -48,6 +49,7 @@ def plot_kernel_gaps_vs_depth_over_width(sweep: Sweep, fits: FitTable, path: Pat
                         marker=MARKERS[w_index % len(MARKERS)], linestyle="-", markersize=5,
                         label=f"{name}, width {format_value(width)}")
         log_axes(ax)
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a ~1.5-decade axis collide
         ax.set_xlabel("depth / width")
         ax.set_ylabel(label + " (relative)")
     axes[0].set_title("Kernel gaps vs depth/width (mean over seeds)", fontsize="medium")
