@@ -80,6 +80,14 @@ def test_the_three_networks_and_the_example_custom_module_run_end_to_end(workdir
             assert metrics[column].notna().all(), (summary["model"], column)
         assert metrics["ntk_err_inf"].isna().all() == (summary["model"] == "custom")
     assert seen == {"cnn", "resmlp", "custom"}
+    # the spectrum figure skips the custom module's NaN Θ_∞ (eigh on NaN used to fail it)
+    from ntk_lab.analysis.collect import collect_sweep
+    from ntk_lab.analysis.fit import fit_sweep
+    from ntk_lab.analysis.geometry_plots import plot_spectrum
+
+    runs = collect_sweep(sweep)
+    assert plot_spectrum(runs, fit_sweep(runs), workdir / "spectrum.png")
+    assert (workdir / "spectrum.png").stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -116,8 +116,9 @@ def plot_spectrum(sweep: Sweep, fits: FitTable, path: Path) -> bool:
                 continue
             final = eig[-1] if torch.isfinite(eig[-1]).all() else None
             theta_inf = kernels.get("theta_inf")
-            inf = (torch.linalg.eigvalsh(theta_inf.double()).flip(0)
-                   if theta_inf is not None else None)
+            # a custom module has no known limit: its Θ_∞ is NaN and has no spectrum to draw
+            known = theta_inf is not None and bool(torch.isfinite(theta_inf).all())
+            inf = torch.linalg.eigvalsh(theta_inf.double()).flip(0) if known else None
             spectra.append((width, eig[0], final, inf))
         if spectra:
             drawn.append((group, spectra))
