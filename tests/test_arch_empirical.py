@@ -123,18 +123,25 @@ def test_frozen_bias_is_left_out():
 @pytest.mark.parametrize("mode", MODES)
 def test_conv_gram_and_explicit_forms_agree(mode):
     """The two evaluations of a conv layer's kernel (chosen by operation count) give the same
-    numbers, also with x2 = x1 (J formed once) and under a budget that forces blocks."""
+    numbers, also with x2 = x1 (J formed once). The explicit form reads the patches lazily —
+    all kernel offsets gathered at once (large budget), or one offset at a time and J formed
+    for one feature of it (a 256-byte budget); the Gram form reads them materialized."""
     model = CNN(2, 4, 2, 3, "relu", b_std=0.4, seed=2, dtype=F64)
     layers = structured_layers(model)
     f1 = capture_factors(model, images(4, 1), layers)
     f2 = capture_factors(model, images(3, 2), layers)
     for a, b in zip(f1[:2], f2[:2]):  # the two conv layers
-        assert a.u.shape[1] == 20  # P = 5·4 positions
+        assert a.input_shape[1] == 20  # P = 5·4 positions
+        assert a.feature_unit == a.input_shape[2] // 9  # lazy patches: whole 3×3 offsets of C_in
+        explicit = {budget: (affine_kernel(a, b, mode, budget, form="explicit"),
+                             affine_kernel(a, a, mode, budget, form="explicit", same=True))
+                    for budget in (1 << 30, 256)}
+        assert a.feature_unit > 1  # nothing materialized the patches
         gram = affine_kernel(a, b, mode, 1 << 30, form="gram")
-        for budget in (1 << 30, 256):
-            assert rel_err(affine_kernel(a, b, mode, budget, form="explicit"), gram) < REL_TOL
-            assert rel_err(affine_kernel(a, a, mode, budget, form="explicit", same=True),
-                           affine_kernel(a, a, mode, budget, form="gram")) < REL_TOL
+        gram_same = affine_kernel(a, a, mode, 1 << 30, form="gram")
+        for between, same in explicit.values():
+            assert rel_err(between, gram) < REL_TOL
+            assert rel_err(same, gram_same) < REL_TOL
 
 
 @pytest.mark.parametrize("make", [
@@ -269,7 +276,7 @@ def test_mup_at_init_is_the_ntk_network_with_its_output_divided_by_sqrt_width(ma
 ])
 def test_unfolded_patches_equal_im2col(shape, kernel, stride, dilation, pads, mode):
     """The strided-view patches (and the dilated fallback) equal torch's im2col after the
-    same padding, transposed to (N, P, C·∏k): exact, both are copies of the input."""
+    same padding, rearranged to (N, P, ∏k·C): exact, both are copies of the input."""
     import torch.nn.functional as F
 
     from ntk_lab.layers.conv import unfold_patches
@@ -280,5 +287,7 @@ def test_unfolded_patches_equal_im2col(shape, kernel, stride, dilation, pads, mo
     if padded.ndim == 3:
         padded, kernel, stride, dilation = (padded.unsqueeze(2), (1, *kernel), (1, *stride),
                                             (1, *dilation))
-    want = F.unfold(padded, kernel, dilation=dilation, stride=stride).transpose(1, 2)
+    cols = F.unfold(padded, kernel, dilation=dilation, stride=stride)  # (N, C·∏k, P), C outer
+    n, c = h.shape[:2]
+    want = cols.reshape(n, c, -1, cols.shape[-1]).permute(0, 3, 2, 1).reshape(n, cols.shape[-1], -1)
     assert torch.equal(got, want)

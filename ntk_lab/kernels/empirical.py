@@ -31,7 +31,7 @@ from ntk_lab.kernels._common import (
     full_fp32_precision, functional_forward, output_dim, reduce_full, split_parameters,
 )
 from ntk_lab.kernels.structured import (
-    forward_cost, structured_cost, structured_jacobian_sq_distance, structured_layers,
+    forward_cost, layer_shapes, structured_cost, structured_jacobian_sq_distance, structured_layers,
     structured_ntk_layers,
 )
 
@@ -120,7 +120,8 @@ def resolve_method(model: nn.Module, x1: Tensor, x2: Tensor | None, method: str)
     """
     if method not in METHODS:
         raise ValueError(f"unknown NTK method {method!r}; known: {', '.join(METHODS)}")
-    known = any(layer.module is not None for layer in structured_layers(model))
+    layers = structured_layers(model)
+    known = any(layer.module is not None for layer in layers)
     if method == "structured" and not known:
         raise ValueError(f"ntk method 'structured' needs a layer it can factor (ntk_lab Dense / Conv, "
                          f"torch.nn.Linear / Conv1d / Conv2d); {type(model).__name__} has none; "
@@ -131,13 +132,14 @@ def resolve_method(model: nn.Module, x1: Tensor, x2: Tensor | None, method: str)
     n2 = n1 if x2 is None else len(x2)
     out = output_dim(model, x1)
     n_params = sum(p.numel() for p in split_parameters(model)[0].values())
-    fwd = forward_cost(model, x1) if known else n_params
+    shapes = layer_shapes(model, x1, layers) if known else None
+    fwd = forward_cost(model, x1, shapes) if known else n_params
     costs = {
         "jacrev": 3 * (n1 + n2) * out * fwd + n1 * n2 * out * n_params,
         "ntvp": 3 * n2 * out * fwd + 3 * n1 * n2 * out * fwd,
     }
     if known:
-        costs["structured"] = structured_cost(model, x1, n1, n2, out)
+        costs["structured"] = structured_cost(model, x1, n1, n2, out, shapes)
     return min(costs, key=costs.get)
 
 

@@ -14,10 +14,12 @@ kernel arithmetic is in :mod:`ntk_lab.kernels.structured`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
 
 from torch import Tensor, nn
+
+from ntk_lab.layers.patches import ConvPatches
 
 FactorFn = Callable[[nn.Module, Tensor, Tensor], "AffineFactors"]
 
@@ -27,20 +29,55 @@ class AffineFactors:
     """One affine layer's structured-NTK factors on a batch of N samples.
 
     Attributes:
-        u: (N, P, F) — inputs (dense: P = positions of any extra dims, usually 1;
-            F = in_features) or unfolded patches (conv: P output positions, F = C_in·∏k).
+        inputs: u, (N, P, F) — the inputs (dense: P = positions of any extra dims, usually
+            1; F = in_features) — or, for a convolution, its :class:`ConvPatches` (P output
+            positions, F = ∏k·C_in), gathered lazily.
         delta: (N, O, P, C) — ∂f_o/∂z at each output position, C output units/channels.
         weight_multiplier: m_W.
         bias_multiplier: m_b, or None for a layer without a bias.
         weight_name, bias_name: the parameters' names inside the module.
     """
 
-    u: Tensor
+    inputs: Union[Tensor, ConvPatches]
     delta: Tensor
     weight_multiplier: float
     bias_multiplier: Optional[float]
     weight_name: str = "weight"
     bias_name: Optional[str] = "bias"
+    _u: Optional[Tensor] = field(default=None, repr=False, compare=False)
+
+    @property
+    def u(self) -> Tensor:
+        """The inputs as one (N, P, F) tensor (patches materialized once, then kept)."""
+        if isinstance(self.inputs, Tensor):
+            return self.inputs
+        if self._u is None:
+            self._u = self.inputs.materialize()
+        return self._u
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(N, P, F) without materializing patches."""
+        return tuple(self.inputs.shape)
+
+    @property
+    def feature_unit(self) -> int:
+        """The granularity of :meth:`columns`: C_in for lazy patches (whole kernel offsets),
+        else 1."""
+        return self.inputs.channels if isinstance(self.inputs, ConvPatches) and self._u is None else 1
+
+    def columns(self, start: int, stop: int) -> Tensor:
+        """Features [start, stop) of u, (N, P, stop − start); gathered from lazy patches
+        (start and stop multiples of :attr:`feature_unit`), else a view."""
+        if isinstance(self.inputs, ConvPatches) and self._u is None:
+            return self.inputs.columns(start, stop)
+        return self.u[:, :, start:stop]
+
+    def rows(self, rows: slice) -> "AffineFactors":
+        """The factors of samples ``rows``."""
+        inputs = self.inputs[rows] if isinstance(self.inputs, Tensor) else self.inputs.rows(rows)
+        return AffineFactors(inputs, self.delta[rows], self.weight_multiplier, self.bias_multiplier,
+                             self.weight_name, self.bias_name)
 
 
 _REGISTRY: dict[type, tuple[FactorFn, Callable[[nn.Module], bool]]] = {}
