@@ -144,6 +144,22 @@ def test_conv_gram_and_explicit_forms_agree(mode):
             assert rel_err(same, gram_same) < REL_TOL
 
 
+@pytest.mark.parametrize("strip_rows", [256, 16])
+def test_symmetric_strips_of_the_explicit_form(strip_rows, monkeypatch):
+    """Θ(x, x) from the strips on and above the diagonal, mirrored (two strips of 35 rows, or
+    five uneven ones of ≤ 16), equals the full product J1·J2ᵀ of two separate captures."""
+    import ntk_lab.kernels.structured as structured
+
+    monkeypatch.setattr(structured, "SYMMETRIC_STRIP_ROWS", strip_rows)
+    model = CNN(2, 4, 2, 1, "relu", b_std=0.4, seed=2, dtype=F64)
+    layers = structured_layers(model)
+    x = images(70, 3)
+    a, b = capture_factors(model, x, layers)[1], capture_factors(model, x, layers)[1]
+    assert structured._symmetric_strips(70) is not None
+    same = affine_kernel(a, a, "trace", 1 << 30, form="explicit", same=True)
+    assert rel_err(same, affine_kernel(a, b, "trace", 1 << 30, form="explicit")) < REL_TOL
+
+
 @pytest.mark.parametrize("make", [
     lambda: CNN(2, 3, 2, 2, "relu", b_std=0.2, seed=0, dtype=F64),
     lambda: ResMLP(2, 4, 2, 2, "tanh", b_std=0.2, seed=0, dtype=F64),
