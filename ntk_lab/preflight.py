@@ -10,7 +10,7 @@ points, K checkpoints):
 | parameters | P·B × (weights, gradients, θ_0 for ``param_change``, optimizer state, the frozen θ_0 copy when a metric needs one, the linearized model's θ_0 + Δθ + a jvp tangent, the centered model's frozen copy) + three temporaries of the largest tensor's size | width, depth |
 | training activations | batch × (activations per sample) × B × 2 (kept for backward, and their gradients) | train.batch_size / data.n_train |
 | evaluation forward | (n_train + n_test) × (widest layer) × B × 2 | data.n_test |
-| probe kernels | N² × (Θ_t and its Gram temporaries 5B, float64 copies of Θ_t, Θ_0, Θ_∞, NNGP_∞ and a difference 5·8, the stored Θ_t per ``ntk.store``) | data.n_probe (or ntk.store) |
+| probe kernels | N² × (Θ_t and its Gram temporaries 5B, float64 copies of Θ_t, Θ_0, Θ_∞, NNGP_∞ and a difference 5·8, the stored Θ_t per ``ntk.store`` and the stored per-layer Θ_{l,t}) | data.n_probe (or ntk.store) |
 | kernel geometry | N² × (per-layer kernels at θ_t and θ_0 and their stacking temporary 3·L·B, the conjugate kernel at θ_t and θ_0 2·8), L layers | data.n_probe |
 | NTK features | the structured features of the probe set (twice: θ_t and θ_0's), or Jacobian chunks capped by the budget | ntk.memory_budget_mb |
 | infinite-width prediction | (n_train + n_test) × n_train × 8 × 2 + n_train² × 8 × 3 | data.n_train |
@@ -31,6 +31,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ntk_lab.checkpoint_geometry import layers_to_store
 from ntk_lab.storage import plan_storage
 
 RUNTIME_BYTES = 420 * 10**6
@@ -184,7 +185,8 @@ def estimate_memory(shape: RunShape, inst: Instrumentation, device: str = "cpu")
         plan = plan_storage(s.n_probe, inst.n_checkpoints, _dtype(b), store=inst.store,
                             store_dtype=inst.store_dtype, max_mb=inst.store_max_mb)
         matrix = s.n_probe * s.n_probe
-        est.parts.append(MemoryPart("probe kernels", matrix * (5 * b + 5 * 8) + plan.bytes,
+        est.parts.append(MemoryPart("probe kernels", matrix * (5 * b + 5 * 8) + plan.bytes
+                                    + _stored_layer_kernel_bytes(s, inst, plan),
                                     "data.n_probe (or ntk.store)"))
         est.parts.append(MemoryPart("kernel geometry", matrix * (3 * s.n_layers * b + 2 * 8),
                                     "data.n_probe"))
@@ -202,6 +204,16 @@ def estimate_memory(shape: RunShape, inst: Instrumentation, device: str = "cpu")
     if device == "cpu":
         est.parts.append(MemoryPart("runtime", RUNTIME_BYTES, "nothing"))
     return est
+
+
+def _stored_layer_kernel_bytes(s: RunShape, inst: Instrumentation, plan) -> int:
+    """The per-layer kernels Θ_{l,t} kept for kernels.pt, at the level the run will choose
+    (:func:`ntk_lab.checkpoint_geometry.layers_to_store`): kept × L × N² entries."""
+    itemsize = torch.finfo(plan.theta_dtype or _dtype(s.itemsize)).bits // 8
+    level = layers_to_store(plan.level, s.n_probe, s.n_layers, inst.n_checkpoints, itemsize, plan.bytes,
+                            inst.store_max_mb, explicit=inst.store != "auto")
+    kept = {"all": inst.n_checkpoints, "ends": min(2, inst.n_checkpoints), "none": 0}[level]
+    return kept * s.n_layers * s.n_probe * s.n_probe * itemsize
 
 
 def _dtype(itemsize: int) -> torch.dtype:

@@ -63,10 +63,12 @@ def draw_ntk_circle(run_dir: Path, out: Path) -> None:
     angle = kernels["probe_angle"].numpy()
     gamma = np.where(angle > math.pi, angle - 2 * math.pi, angle)
     order = np.argsort(gamma)
-    theta, steps = kernels["theta"].double().numpy(), kernels["steps"].numpy()
+    # the first probe point's row at the first and last stored steps (not all K·N² entries)
+    first, last = (kernels["theta"][k, 0].double().numpy() for k in (0, -1))
+    steps = kernels["steps"].numpy()
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(gamma[order], theta[0, 0, order], label="Θ at init (t = 0)")
-    ax.plot(gamma[order], theta[-1, 0, order], label=f"Θ after training (step {steps[-1]})")
+    ax.plot(gamma[order], first[order], label="Θ at init (t = 0)")
+    ax.plot(gamma[order], last[order], label=f"Θ after training (step {steps[-1]})")
     if "theta_inf" in kernels:
         ax.plot(gamma[order], kernels["theta_inf"].numpy()[0, order], "k--", label="Θ_∞")
     s = read_run(run_dir).summary
