@@ -64,18 +64,18 @@ def kernel_profile(kernels: dict[str, Any]) -> KernelProfile:
         KeyError, ValueError: a key is missing or a shape does not match.
     """
     angles = _array(kernels["probe_angle"]).reshape(-1)
-    theta, limit = _array(kernels["theta"]), _array(kernels["theta_inf"])
+    theta, limit = kernels["theta"], kernels["theta_inf"]  # read only the x0 rows (a memory-mapped file)
     steps = _array(kernels["steps"]).reshape(-1)
     n = len(angles)
-    if theta.ndim != 3 or theta.shape[1:] != (n, n) or limit.shape != (n, n):
+    if theta.ndim != 3 or tuple(theta.shape[1:]) != (n, n) or tuple(limit.shape) != (n, n):
         raise ValueError(f"kernel shapes {theta.shape}, {limit.shape} do not fit {n} probes")
     if len(steps) != len(theta) or not len(steps):
         raise ValueError(f"{len(steps)} steps for {len(theta)} kernels")
     wrapped = (angles + math.pi) % TWO_PI - math.pi
     x0 = int(np.argmin(np.abs(wrapped)))  # the probe at γ = 0, x0 = (1, 0)
     order = np.argsort(wrapped)
-    return KernelProfile(wrapped[order], theta[0, x0, order], theta[-1, x0, order],
-                         limit[x0, order], int(steps[0]), int(steps[-1]))
+    return KernelProfile(wrapped[order], _array(theta[0, x0])[order], _array(theta[-1, x0])[order],
+                         _array(limit[x0])[order], int(steps[0]), int(steps[-1]))
 
 
 def _array(value: Any) -> np.ndarray:
