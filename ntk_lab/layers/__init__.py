@@ -11,7 +11,8 @@ for layers with parameters, (c) the factors the structured empirical NTK needs:
     residual.py      Residual
 
 ``state.py`` is the kernel state, ``scales.py`` the parameterizations, ``factors.py`` the
-registry of structured factors, ``gaussian.py`` the Gaussian expectations of activations.
+registry of structured factors, ``patches.py`` a convolution's input patches gathered lazily
+for them, ``gaussian.py`` the Gaussian expectations of activations.
 """
 
 from ntk_lab.layers.conv import Conv
