@@ -2,8 +2,9 @@
 # GPU check, one script, under 5 minutes on one H100/H200-class GPU:
 #   1. environment (torch, CUDA device, the packages ntk_lab needs)
 #   2. the GPU-marked tests (CUDA kernels against float64 CPU references)
-#   3. the NTK benchmark on CUDA (TF32 off while kernels are computed), and the
-#      instrumentation's overhead ratio (scripts/bench_overhead.py)
+#   3. the NTK benchmarks on CUDA (TF32 off while kernels are computed): MLP methods, conv
+#      nets (scripts/bench_arch.py), and the instrumentation's overhead ratio
+#      (scripts/bench_overhead.py)
 #   4. a short width sweep on CUDA with its fitted slopes
 # Usage: bash scripts/gpu_check.sh   (writes under $OUT if set, else a temp folder)
 set -uo pipefail
@@ -38,6 +39,9 @@ fi
 
 echo "== 3. NTK benchmark on CUDA"
 timeout 150 "$PY" scripts/bench_ntk.py --device cuda --repeats 5 || status=1
+
+echo "== 3a. conv nets on CUDA: structured CNN NTK ÷ forward+backward at 128 and 512 channels, CNN Θ_∞"
+timeout 150 "$PY" scripts/bench_arch.py --device cuda --repeats 5 || status=1
 
 echo "== 3b. instrumentation overhead on CUDA (default vs ntk.enabled=false, widths 1024 and 4096)"
 timeout 120 "$PY" scripts/bench_overhead.py --no-probe --repeats 1 || status=1

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ntk_lab.kernels import empirical_ntk, infinite_width_kernels
-from ntk_lab.models import MLP
+from ntk_lab.models import CNN, MLP, ResMLP
 
 pytestmark = [
     pytest.mark.gpu,
@@ -33,6 +33,29 @@ def test_cuda_kernels_match_cpu_float64(method):
     theta = empirical_ntk(gpu32, x.float().cuda(), method=method, mode="full")
     assert theta.device.type == "cuda"
     assert rel_err(theta, reference) < FLOAT32_REL_TOL
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: CNN(2, 16, 2, 3, "relu", b_std=0.2, seed=0, **kw),                  # GAP
+    lambda **kw: CNN(2, 16, 2, 3, "erf", padding="circular", readout="flatten",
+                     spatial_shape=(6, 5), seed=0, **kw),
+    lambda **kw: ResMLP(5, 32, 3, 2, "tanh", b_std=0.1, seed=0, **kw),
+], ids=["cnn-gap", "cnn-flatten-circular", "resmlp"])
+def test_cuda_conv_and_residual_kernels_match_cpu_float64(make):
+    """The structured conv NTK (lazily gathered patches, feature blocks, symmetric strips at
+    N ≥ 64) and Θ_∞ on the GPU against the same float64 computation on the CPU."""
+    is_cnn = make().__class__ is CNN
+    x = torch.randn(72, *((2, 6, 5) if is_cnn else (5,)), dtype=torch.float64)
+    cpu = make(dtype=torch.float64)
+    for mode in ("trace", "full"):
+        reference = empirical_ntk(cpu, x, mode=mode)
+        gpu64 = make(dtype=torch.float64, device="cuda")
+        assert rel_err(empirical_ntk(gpu64, x.cuda(), mode=mode), reference) < FLOAT64_REL_TOL
+        theta = empirical_ntk(make(device="cuda"), x.float().cuda(), mode=mode)
+        assert theta.device.type == "cuda" and rel_err(theta, reference) < FLOAT32_REL_TOL
+    _, ntk_cpu = infinite_width_kernels(x[:8], model=cpu)
+    _, ntk_gpu = infinite_width_kernels(x[:8].cuda(), model=make(dtype=torch.float64, device="cuda"))
+    assert ntk_gpu.device.type == "cuda" and rel_err(ntk_gpu, ntk_cpu) < FLOAT64_REL_TOL
 
 
 def _tf32_settings():
