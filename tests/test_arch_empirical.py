@@ -295,10 +295,12 @@ def test_unfolded_patches_equal_im2col(shape, kernel, stride, dilation, pads, mo
     same padding, rearranged to (N, P, ∏k·C): exact, both are copies of the input."""
     import torch.nn.functional as F
 
-    from ntk_lab.layers.conv import unfold_patches
+    from ntk_lab.layers.patches import ConvPatches
 
     h = torch.randn(*shape, dtype=torch.float64)
-    got = unfold_patches(h, kernel, stride, dilation, pads, mode)
+    patches = ConvPatches(h, kernel, stride, dilation, pads, mode)
+    got = patches.materialize()
+    assert patches.shape == tuple(got.shape)
     padded = F.pad(h, pads, mode="constant" if mode == "zeros" else mode)
     if padded.ndim == 3:
         padded, kernel, stride, dilation = (padded.unsqueeze(2), (1, *kernel), (1, *stride),

@@ -248,3 +248,24 @@ def test_symmetric_assembly_equals_the_full_gram_products(monkeypatch):
     feats = mlp_features(net, torch.randn(23, 3, dtype=torch.float64))
     torch.testing.assert_close(tracker.symmetric_kernel_from_features(feats),
                                kernel_from_features(feats, feats, "trace"), atol=FLOAT64_ATOL, rtol=0)
+
+
+def test_kernels_pt_is_the_stack_of_the_kept_kernels_and_reads_back_privately(tmp_path):
+    """kernels.pt holds exactly torch.stack of the kept Θ_t and Θ_{l,t} (stacked in place, one
+    copy held), the recorder's kernels are then views of the stacked tensor, and a reader's
+    memory-mapped tensors can be written without changing the file."""
+    from ntk_lab.records import RunRecorder
+
+    recorder = RunRecorder(tmp_path, plan=plan_storage(3, 3, torch.float32, store="all"), layers_level="all")
+    thetas = [torch.randn(3, 3) for _ in range(3)]
+    layers = [torch.randn(2, 3, 3) for _ in range(3)]
+    for step, (theta, per_layer) in enumerate(zip(thetas, layers)):
+        recorder.checkpoint({"step": step}, theta.clone(), {"theta_layers": per_layer.clone()})
+    recorder.finish({"status": "ok"})
+    kernels = load_kernels(tmp_path)
+    assert torch.equal(kernels["theta"], torch.stack(thetas))
+    assert torch.equal(kernels["theta_layers"], torch.stack(layers))
+    assert all(t.untyped_storage().data_ptr() == recorder.thetas[0].untyped_storage().data_ptr()
+               for t in recorder.thetas)  # one stacked buffer, no second copy
+    kernels["theta"].add_(1.0)
+    assert torch.equal(load_kernels(tmp_path)["theta"], torch.stack(thetas))

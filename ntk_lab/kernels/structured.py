@@ -95,7 +95,13 @@ class LayerShape:
 
 def layer_shapes(model: nn.Module, x: Tensor, layers: Optional[list[StructuredLayer]] = None) -> list[LayerShape]:
     """Each parameterized layer's :class:`LayerShape`, from one forward pass on x[:1] without
-    a graph (shape-reading hooks only)."""
+    a graph (shape-reading hooks only; works on the ``meta`` device)."""
+    return _layer_shapes_and_out_dim(model, x, layers)[0]
+
+
+def _layer_shapes_and_out_dim(model: nn.Module, x: Tensor, layers: Optional[list[StructuredLayer]] = None,
+                              ) -> tuple[list[LayerShape], int]:
+    """(:func:`layer_shapes`, O) from one forward pass."""
     layers = structured_layers(model) if layers is None else layers
     params = dict(model.named_parameters())
     seen: dict[int, list[int]] = {id(l.module): [0, 0, 0] for l in layers if l.module is not None}
@@ -110,7 +116,7 @@ def layer_shapes(model: nn.Module, x: Tensor, layers: Optional[list[StructuredLa
     handles = [l.module.register_forward_hook(hook) for l in layers if l.module is not None]
     try:
         with torch.no_grad():
-            model(x[:1])
+            out_dim = model(x[:1]).shape[-1]
     finally:
         for h in handles:
             h.remove()
@@ -119,7 +125,7 @@ def layer_shapes(model: nn.Module, x: Tensor, layers: Optional[list[StructuredLa
         numel = sum(params[n].numel() for n in layer.names)
         p, feat, c = seen[id(layer.module)] if layer.module is not None else (0, 0, 0)
         shapes.append(LayerShape(layer.module is not None and p > 0, p, feat, c, numel))
-    return shapes
+    return shapes, out_dim
 
 
 def forward_cost(model: nn.Module, x: Tensor, shapes: Optional[list[LayerShape]] = None) -> float:
@@ -519,26 +525,11 @@ def factor_bytes_per_sample(model: nn.Module, x: Tensor) -> int:
 
 
 def _factor_bytes_and_out_dim(model: nn.Module, x: Tensor) -> tuple[int, int]:
-    """(:func:`factor_bytes_per_sample`, O) from one forward pass."""
-    layers = [l for l in structured_layers(model) if l.module is not None]
-    sizes: list[tuple[int, int]] = []  # (u elements, layer output elements) per call
-
-    def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-        out_per_sample = output[:1].numel()
-        if isinstance(module, (nn.Linear, Dense)):
-            u = args[0][:1].numel()
-        else:  # a convolution: one patch of C_in·∏k per output position
-            u = (out_per_sample // output.shape[1]) * module.weight[0].numel()
-        sizes.append((u, out_per_sample))
-
-    handles = [l.module.register_forward_hook(hook) for l in layers]
-    try:
-        with torch.no_grad():
-            out_dim = model(x[:1]).shape[-1]
-    finally:
-        for h in handles:
-            h.remove()
-    return max(1, sum(u + out_dim * o for u, o in sizes)) * x.element_size(), out_dim
+    """(:func:`factor_bytes_per_sample`, O) from one forward pass: Σ over the known layers of
+    P·F (u) + O·P·C (δ) elements."""
+    shapes, out_dim = _layer_shapes_and_out_dim(model, x)
+    elements = sum(s.positions * (s.features + out_dim * s.channels) for s in shapes if s.known)
+    return max(1, elements) * x.element_size(), out_dim
 
 
 def model_factors(model: nn.Module, x: Tensor) -> list[Optional[AffineFactors]]:

@@ -190,11 +190,3 @@ def conv_factors(module: nn.Module, h: Tensor, delta: Tensor) -> AffineFactors:
     u = ConvPatches(h, kernel, stride, dilation, pads, mode)  # (N, P, F), gathered lazily
     d = delta.reshape(n, out, delta.shape[2], -1).transpose(2, 3)  # (N, O, P, C_out)
     return AffineFactors(u, d, m_w, m_b, "weight", "bias" if m_b is not None else None)
-
-
-def unfold_patches(h: Tensor, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
-                   pads: Sequence[int], mode: str) -> Tensor:
-    """All input patches a convolution reads, (N, P_out, ∏kernel·C), positions row-major,
-    features in (k…, C) order (see :mod:`ntk_lab.layers.patches`). ``pads`` is in
-    ``torch.nn.functional.pad`` order (last dim first); ``mode`` a Conv ``padding_mode``."""
-    return ConvPatches(h, kernel, stride, dilation, pads, mode).materialize()
