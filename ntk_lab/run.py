@@ -15,7 +15,6 @@ import signal
 import sys
 import time
 import traceback
-from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,26 +24,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ntk_lab import build
-from ntk_lab.config import ConfigError, check_overrides, logger_config, validate
+from ntk_lab import experiment
+from ntk_lab.analysis import analyze_sweep
+from ntk_lab.cli import check_command_line, config_dir, execute_study
+from ntk_lab.config import STUDY_BLOCKS, ConfigError, logger_config, study_of, validate
 from ntk_lab.data import DataError
+from ntk_lab.loggers import (
+    DEFAULT_STORE_DIR, experiment_name, log_sweep_end, make_logger, prepare_sweep,
+)
 from ntk_lab.records import (
     FINISHED_STATUSES, STATUS_FAILED, STATUS_INTERRUPTED, SUMMARY_FILE, find_runs, read_run,
     write_summary,
 )
 
 log = logging.getLogger("ntk_lab")
-
-
-def _config_dir() -> str:
-    """configs/ shipped inside the package (a wheel), else the repo's top-level configs/."""
-    try:
-        packaged = resources.files("ntk_lab.configs")
-        if packaged.joinpath("config.yaml").is_file():
-            return str(packaged)
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return str(Path(__file__).resolve().parent.parent / "configs")
 
 
 class _StopFlag:
@@ -77,24 +70,20 @@ def _user_error(message: str, run_dir: Path, in_multirun: bool, record: bool = T
 
 
 def main() -> None:
-    """Console entry point: check the group choices, then hand over to Hydra (or to a study
-    that is not a training run: ``experiment=coord_check`` / ``depth_over_width``)."""
-    from ntk_lab.study_cli import hand_over_to_study
-
-    hand_over_to_study(sys.argv[1:])
-    problem = check_overrides(sys.argv[1:], Path(_config_dir()))
-    if problem:
-        print(f"ntk_lab: error: {problem}", file=sys.stderr)
-        sys.exit(2)
+    """Console entry point: check the command line in one line, then hand over to Hydra."""
+    check_command_line(sys.argv[1:])
     _hydra_main()
 
 
-@hydra.main(version_base="1.3", config_path=_config_dir(), config_name="config")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _hydra_main(cfg: DictConfig) -> Optional[float]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_multirun = hydra_cfg.mode == RunMode.MULTIRUN
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    study = study_of(plain)
+    if study:  # experiment=coord_check / depth_over_width: a whole study in this one job
+        return execute_study(study, cfg)
     try:
         config = validate(plain)
     except ConfigError as err:
@@ -114,7 +103,7 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     stop.install()
     started = time.time()
     try:
-        outcome = build.run_experiment(config, run_dir, stop_requested=stop, started=started,
+        outcome = experiment.run_experiment(config, run_dir, stop_requested=stop, started=started,
                                        job_num=hydra_cfg.job.num if in_multirun else None,
                                        logger=_run_logger(config, hydra_cfg, run_dir, in_multirun))
     except (ConfigError, DataError) as err:
@@ -122,7 +111,7 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
     except Exception as err:  # a bug or a resource error: recorded, the sweep goes on
         message = f"{type(err).__name__}: {err}".splitlines()[0]
         (run_dir / "traceback.txt").write_text(traceback.format_exc())
-        build.record_failure(config, run_dir, message, started)
+        experiment.record_failure(config, run_dir, message, started)
         print(f"ntk_lab: run failed: {message} (traceback in {run_dir / 'traceback.txt'})",
               file=sys.stderr)
         if not in_multirun:
@@ -137,8 +126,6 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
 def _run_logger(config, hydra_cfg, run_dir: Path, in_multirun: bool):
     """The run's experiment tracker (``logger=``): a sweep is one MLflow experiment, each job
     a run named by its number and overrides; the default store is ./outputs/mlflow."""
-    from ntk_lab.loggers import DEFAULT_STORE_DIR, experiment_name, make_logger
-
     cwd = Path(hydra_cfg.runtime.cwd)
     sweep_dir = cwd / hydra_cfg.sweep.dir if in_multirun else None
     run_name = (f"{hydra_cfg.job.num}: {hydra_cfg.job.override_dirname}"[:200] if in_multirun
@@ -201,11 +188,20 @@ class AnalyzeSweepCallback(Callback):
                   file=sys.stderr)
             sys.exit(2)
 
-        for job_num, (overrides, swept) in enumerate(_sweep_override_sets(config)):
+        jobs = _sweep_override_sets(config)
+        for job_num, (overrides, swept) in enumerate(jobs):
             cfg = compose(config_name="config", overrides=overrides)
+            plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+            study = study_of(plain)
+            if study and len(jobs) > 1:
+                print(f"ntk_lab: error: experiment={study} is a study of its own, not a sweep "
+                      f"of runs; run python -m {STUDY_COMMANDS[study]} alone", file=sys.stderr)
+                sys.exit(2)
+            if study:
+                continue  # its settings are checked when it starts
             try:
-                run_config = validate(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
-                problem = build.preflight_refusal(run_config, job_num)
+                run_config = validate(plain)
+                problem = experiment.preflight_refusal(run_config, job_num)
             except (ConfigError, DataError) as err:
                 problem = str(err)
             if problem:
@@ -218,9 +214,7 @@ class AnalyzeSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         failed_inputs = _user_errors(sweep_dir)
-        if config.get("analyze", True) and sweep_dir.is_dir():
-            from ntk_lab.analysis import analyze_sweep
-
+        if config.get("analyze", True) and sweep_dir.is_dir() and not _is_study(config):
             analysis_dir = analyze_sweep(sweep_dir)
             print(f"ntk_lab: sweep analysed: {analysis_dir / 'report.md'} and report.html")
         _sweep_tracker(config, "end")
@@ -230,12 +224,19 @@ class AnalyzeSweepCallback(Callback):
             sys.exit(2)
 
 
+# The command line of each study preset (the study also runs here, as one job).
+STUDY_COMMANDS = {"coord_check": "ntk_lab.coord_check", "depth_over_width": "ntk_lab.fluctuations"}
+
+
+def _is_study(config: DictConfig) -> bool:
+    """Whether the multirun's config is a study preset's (one job; no sweep analysis)."""
+    return study_of({block: config.get(block) for block in STUDY_BLOCKS.values()}) is not None
+
+
 def _sweep_tracker(config: DictConfig, moment: str) -> None:
     """The sweep's tracker at its ``start`` (MLflow: the store and the experiment are made
     once, before parallel jobs would race to make them) and ``end`` (MLflow: the parent run
     with fits.csv)."""
-    from ntk_lab.loggers import DEFAULT_STORE_DIR, experiment_name, log_sweep_end, prepare_sweep
-
     section = config.get("logger")
     try:
         logger = logger_config(OmegaConf.to_container(section, resolve=True) if section else {})

@@ -26,16 +26,16 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from ntk_lab import build
+from ntk_lab import experiment as build
 from ntk_lab.config import validate
-from ntk_lab.run import _config_dir
+from ntk_lab.cli import config_dir
 
 BASELINE = ["ntk.enabled=false", "lazy.infinite_width=false"]
 TARGETS = {1024: 1.5, 4096: 1.3}
 
 
 def _config(overrides: list[str]):
-    with initialize_config_dir(config_dir=_config_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*overrides, "progress=false"])
     return validate(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ntk_lab.datasets import cifar, synthetic
+from ntk_lab.data import cifar
+
+from ntk_lab.data import generated_files as synthetic
 
 
 def main() -> None:

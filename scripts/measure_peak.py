@@ -29,7 +29,7 @@ from ntk_lab.analysis import run_figures  # noqa: E402,F401  (part of the runtim
 from ntk_lab.config import data_settings, validate  # noqa: E402
 from ntk_lab.data import make_dataset  # noqa: E402
 from ntk_lab.models import network_inputs  # noqa: E402
-from ntk_lab.run import _config_dir  # noqa: E402
+from ntk_lab.cli import config_dir  # noqa: E402
 
 
 def _peak_bytes() -> int:
@@ -48,7 +48,7 @@ def _peak_bytes() -> int:
 
 def main(overrides: list[str]) -> dict:
     torch.set_num_threads(1)  # the same thread pools in the warm-up and the run
-    with initialize_config_dir(config_dir=_config_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*overrides, "progress=false"])
     config = validate(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
     data = network_inputs(config.model.name, make_dataset(config.data.name, **data_settings(config.data)))
@@ -62,7 +62,7 @@ def main(overrides: list[str]) -> dict:
     estimate = preflight.estimate_memory(shape, build.instrumentation(config), "cpu")
     # warm the runtime: a tiny run of the same kind, and a figure (not part of the estimate)
     with tempfile.TemporaryDirectory() as tmp:
-        with initialize_config_dir(config_dir=_config_dir(), version_base="1.3"):
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             tiny = compose(config_name="config", overrides=[
                 "width=8", "depth=1", "train.steps=2", "data.n_probe=4", "data.n_test=8",
                 "progress=false", *[o for o in overrides if o.startswith(("data=", "model."))]])

@@ -24,10 +24,13 @@ import numpy as np
 import pytest
 import torch
 from scipy import integrate
-from scipy.special import erf as sp_erf
-from scipy.special import ndtr
+from scipy.special import erf as sp_erf, ndtr
 
-from ntk_lab.activations import ACTIVATIONS, LEAKY_RELU_SLOPE, get_activation
+from ntk_lab.layers.activations import ACTIVATIONS
+
+from ntk_lab.layers.activations import LEAKY_RELU_SLOPE
+
+from ntk_lab.layers.activations import get_activation
 from ntk_lab.kernels import empirical_ntk, infinite_width_kernels
 from ntk_lab.kernels.analytic import SERIES_MAX_DEGREE, _hermite_table
 from ntk_lab.models import MLP
@@ -280,7 +283,7 @@ def test_series_against_brute_force_2d_quadrature(name):
 
 
 def test_user_supplied_activation_without_dual():
-    from ntk_lab.activations import Activation
+    from ntk_lab.layers.activations import Activation
 
     def swish(x):
         return x * torch.sigmoid(x)

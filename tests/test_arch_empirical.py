@@ -13,7 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from ntk_lab.kernels import empirical_ntk, empirical_ntk_layers, jacobian_change
+from ntk_lab.kernels import empirical_ntk
+
+from ntk_lab.kernels import empirical_ntk_layers
+
+from ntk_lab.kernels import jacobian_change
 from ntk_lab.kernels.empirical import resolve_method
 from ntk_lab.kernels.structured import affine_kernel, capture_factors, structured_layers
 from ntk_lab.models import CNN, MLP, ResMLP, ScaledOutput, parameter_layers

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from ntk_lab.build import run_experiment
+from ntk_lab.experiment import run_experiment
 from ntk_lab.config import ConfigError, validate
 from ntk_lab.data import DataError
 from ntk_lab.models import CNN, CustomModuleError, NetworkSpec, build_network, parameter_layers
@@ -259,8 +259,7 @@ def _gap_jobs(models=("mlp", "resmlp"), depths=(4, 8, 32), widths=(64, 256), see
 def test_resmlp_depth_analysis_keeps_plain_and_residual_apart(tmp_path, monkeypatch):
     """fits.csv has a model column with per-model slopes against width and depth, and the
     depth/width figure draws one line per model and width at that model's seed means."""
-    from ntk_lab.analysis import collect_sweep, fit_sweep
-    from ntk_lab.analysis import depth_plots
+    from ntk_lab.analysis import collect_sweep, fit_sweep, depth_plots
     from ntk_lab.analysis.report import fit_rows
 
     jobs = _gap_jobs()

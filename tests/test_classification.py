@@ -10,10 +10,10 @@ import math
 import pandas as pd
 import pytest
 
-from ntk_lab.build import run_experiment
+from ntk_lab.experiment import run_experiment
 from ntk_lab.config import ConfigError, validate
-from ntk_lab.datasets import synthetic
-from ntk_lab.optim import elapsed_time
+from ntk_lab.data import generated_files as synthetic
+from ntk_lab.training.optimizers import elapsed_time
 from ntk_lab.records import read_run
 from tests.conftest import run_cli
 

@@ -11,12 +11,14 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from ntk_lab.config import check_overrides, validate
-from ntk_lab.run import _config_dir
-from ntk_lab.study_cli import coord_check_settings, fluctuation_settings
+from ntk_lab.cli import check_overrides
+
+from ntk_lab.config import validate
+from ntk_lab.cli import config_dir
+from ntk_lab.config import coord_check_settings, fluctuation_settings
 from tests.conftest import TINY, run_cli
 
-CONFIG_DIR = Path(_config_dir())
+CONFIG_DIR = Path(config_dir())
 
 
 def group_options(group: str) -> list[str]:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ntk_lab.coord_check import (
+from ntk_lab.studies.coord_check import (
     TABLE_COLUMNS, coord_check_run, fit_slopes, run_coord_check, write_study,
 )
 from ntk_lab.data import make_dataset

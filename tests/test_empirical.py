@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from ntk_lab.activations import ACTIVATIONS
+from ntk_lab.layers.activations import ACTIVATIONS
 from ntk_lab.kernels import empirical_ntk, jacobian_change
 from ntk_lab.models import MLP, PARAMETERIZATIONS, ScaledOutput
 

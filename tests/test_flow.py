@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ntk_lab.kernels.analytic import infinite_width_kernels
-from ntk_lab.kernels.flow import KernelFlow, loss_gradient
-from ntk_lab.kernels.regression import gradient_flow
+from ntk_lab.dynamics.kernel_flow import KernelFlow, loss_gradient
+from ntk_lab.dynamics.gradient_flow import gradient_flow
 from ntk_lab.models import MLP
 
 # The integrator runs at rtol 1e-10; against the exact MSE exponential the predictions agree

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ntk_lab.fluctuations import (
+from ntk_lab.studies.fluctuations import (
     FluctuationResult, bootstrap_moment_ratios, fit_rate, fit_table, measure_grid,
     moment_ratio, ntk_diagonal_samples, percentile_interval,
 )

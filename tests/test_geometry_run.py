@@ -8,15 +8,15 @@ import math
 import pytest
 import torch
 
-from ntk_lab import geometry
-from ntk_lab.checkpoint_geometry import (
+from ntk_lab.measures import geometry
+from ntk_lab.measures.checkpoint_geometry import (
     SPECTRAL_COLUMNS, CheckpointGeometry, layers_to_store, spectrum_note,
 )
 from ntk_lab.data import make_dataset
 from ntk_lab.kernels import empirical_ntk, infinite_width_kernels
 from ntk_lab.models import MLP
 from ntk_lab.records import RunRecorder, load_kernels
-from ntk_lab.train import TrainSettings, train
+from ntk_lab.training.loop import TrainSettings, train
 from tests.test_geometry import per_layer_ntk_by_jacobians
 
 F64 = torch.float64
@@ -131,8 +131,8 @@ def test_per_layer_kernels_follow_the_storage_cap():
 def test_conjugate_kernel_from_the_readout_block_equals_the_features_gram(parameterization, alpha):
     """CK from Θ_{L+1} (readout_conjugate_kernel) against σ_w²ΦΦᵀ/n + σ_b² with Φ read by a
     forward hook: two independent routes to the same matrix."""
-    from ntk_lab.checkpoint_geometry import readout_conjugate_kernel
-    from ntk_lab.features import readout_features
+    from ntk_lab.measures.checkpoint_geometry import readout_conjugate_kernel
+    from ntk_lab.models.layer_outputs import readout_features
     from ntk_lab.models import ScaledOutput
 
     net = MLP(3, 9, 2, out_dim=2, parameterization=parameterization, w_std=1.3, b_std=0.4,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ntk_lab.kernels import empirical_ntk, infinite_width_kernels
+from ntk_lab.kernels import empirical_ntk
+
+from ntk_lab.kernels import infinite_width_kernels
 from ntk_lab.models import CNN, MLP, ResMLP
 
 pytestmark = [
@@ -81,7 +83,7 @@ def test_infinite_width_kernels_stay_on_the_device():
 
 
 def test_a_run_on_cuda_end_to_end(tmp_path):
-    from ntk_lab.build import run_experiment
+    from ntk_lab.experiment import run_experiment
     from tests.test_train import tiny_config
 
     outcome = run_experiment(tiny_config(device="cuda"), tmp_path)
@@ -90,7 +92,8 @@ def test_a_run_on_cuda_end_to_end(tmp_path):
 
 def test_preflight_estimate_against_cuda_peak(tmp_path):
     """On a GPU the estimate (no runtime part) against torch's own peak-allocation counter."""
-    from ntk_lab import build, preflight
+    from ntk_lab import experiment as build
+    from ntk_lab.training import preflight
     from ntk_lab.config import data_settings
     from ntk_lab.data import make_dataset
     from tests.test_preflight import ESTIMATE_FACTOR

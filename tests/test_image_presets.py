@@ -9,10 +9,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from ntk_lab.build import run_experiment
+from ntk_lab.experiment import run_experiment
 from ntk_lab.config import validate
-from ntk_lab.datasets import synthetic
-from ntk_lab.run import _config_dir
+from ntk_lab.data import generated_files as synthetic
+from ntk_lab.cli import config_dir
 from tests.conftest import run_cli
 
 TINY_JOB = ["width=16", "depth=1", "seed=0", "train.steps=4", "ntk.checkpoints=3",
@@ -20,7 +20,7 @@ TINY_JOB = ["width=16", "depth=1", "seed=0", "train.steps=4", "ntk.checkpoints=3
 
 
 def _composed(overrides):
-    with initialize_config_dir(config_dir=_config_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     return validate(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from ntk_lab.data import make_dataset
-from ntk_lab.hessian import hessian_spectral_norms, kappa_hessian
+from ntk_lab.measures.hessian import hessian_spectral_norms, kappa_hessian
 from ntk_lab.kernels import empirical_ntk
-from ntk_lab.kernels.regression import gradient_flow, kernel_regression
-from ntk_lab.linearized import LinearizedModel
-from ntk_lab.metrics import kappa, mse_loss
+from ntk_lab.dynamics.gradient_flow import gradient_flow, kernel_regression
+from ntk_lab.dynamics.linearized import LinearizedModel
+from ntk_lab.measures.drift import kappa
+from ntk_lab.training.losses import mse_loss
 from ntk_lab.models import MLP, ScaledOutput, layer_scales
 
 F64 = torch.float64

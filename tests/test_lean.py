@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from ntk_lab import metrics
-from ntk_lab.build import resolve_device, run_experiment
+from ntk_lab.measures import drift as metrics
+from ntk_lab.experiment import resolve_device, run_experiment
 from ntk_lab.config import ConfigError
 from ntk_lab.kernels import empirical_ntk, jacobian_change
 from ntk_lab.kernels.tracker import ProbeKernelTracker
 from ntk_lab.models import MLP, ScaledOutput
 from ntk_lab.records import load_kernels, read_run
-from ntk_lab.storage import plan_storage
-from ntk_lab.train import checkpoint_steps
+from ntk_lab.records.storage import plan_storage
+from ntk_lab.training.loop import checkpoint_steps
 from tests.test_train import tiny_config
 
 # Kernel sums of a few hundred float64 products: agreement far above this would be a bug.

@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ntk_lab.analysis import collect_sweep, fit_sweep
-from ntk_lab.build import run_experiment
+from ntk_lab.analysis import collect_sweep
+
+from ntk_lab.analysis import fit_sweep
+from ntk_lab.experiment import run_experiment
 from ntk_lab.config import ConfigError, logger_config
 from ntk_lab.loggers import GuardedLogger, experiment_name, log_sweep_end, make_logger
 from ntk_lab.loggers.tensorboard_logger import FINAL_PREFIX, FIGURE_PREFIX, TB_DIR

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ntk_lab import preflight
+from ntk_lab.training import preflight
 from tests.conftest import REPO, TINY, run_cli
 
 # The accuracy target for the estimate against a measured peak.

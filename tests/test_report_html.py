@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from ntk_lab.analysis import analyze_sweep
-from ntk_lab.analysis.launch import read_launch
+from ntk_lab.records.launch import read_launch
 from ntk_lab.analysis.render import RenderError, find_chromium, render_png
 from ntk_lab.analysis.report import FIT_HEADER
 from ntk_lab.analysis.report_html import png_size

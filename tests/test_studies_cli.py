@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from ntk_lab.config import ConfigError
-from ntk_lab.run import _config_dir
-from ntk_lab.study_cli import (
-    coord_check_settings, fluctuation_settings, unknown_study_key, with_preset,
-)
+from ntk_lab.cli import config_dir, unknown_study_key
+from ntk_lab.config import ConfigError, coord_check_settings, fluctuation_settings, study_of
 from tests.conftest import run_cli
 from tests.test_configs import composed
 
@@ -76,23 +75,40 @@ def test_study_settings_are_checked(overrides, check, key):
 def test_a_study_without_its_block_and_unknown_keys_are_named():
     with pytest.raises(ConfigError, match="experiment=depth_over_width"):
         fluctuation_settings(composed([]))
-    config_dir = Path(_config_dir())
+    directory = Path(config_dir())
     assert "fluctuations has: depths, in_dim, n_seeds, widths" in unknown_study_key(
-        ["fluctuations.nseeds=3"], config_dir)
-    assert unknown_study_key(["coord_check.lr=0.5", "width=3"], config_dir) is None
+        ["fluctuations.nseeds=3"], directory)
+    assert unknown_study_key(["coord_check.lr=0.5", "width=3"], directory) is None
 
 
-def test_the_preset_is_applied_unless_another_is_named():
-    assert with_preset(["a=1"], "coord_check") == ["experiment=coord_check", "a=1"]
-    assert with_preset(["experiment=x"], "coord_check") == ["experiment=x"]
+def test_each_study_command_composes_its_own_primary_config():
+    """configs/coord_check.yaml and fluctuations.yaml: the run's config plus the preset."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        coord = OmegaConf.to_container(compose(config_name="coord_check"), resolve=True,
+                                       throw_on_missing=False)
+        fluct = OmegaConf.to_container(compose(config_name="fluctuations",
+                                               overrides=["fluctuations.n_seeds=7"]),
+                                       resolve=True, throw_on_missing=False)
+    assert study_of(coord) == "coord_check" and coord["data"]["name"] == "digits"
+    assert study_of(fluct) == "depth_over_width" and fluct["fluctuations"]["n_seeds"] == 7
+    assert study_of(composed([])) is None
+    assert coord_check_settings(coord)[1]["widths"][0] == 64
 
 
-def test_a_study_preset_cannot_be_swept_with_others(capsys):
-    from ntk_lab.study_cli import hand_over_to_study
+def test_a_study_preset_cannot_be_swept_with_others(workdir):
+    result = run_cli(["-m", "experiment=coord_check,width_sweep_cpu"], workdir)
+    assert result.returncode == 2, result.stderr
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and "coord_check is a study of its own" in err[0], err
 
-    hand_over_to_study(["experiment=width_sweep", "width=3"])  # not a study: returns
-    with pytest.raises(SystemExit) as exit_info:
-        hand_over_to_study(["-m", "experiment=coord_check,width_sweep"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "coord_check is a study of its own" in err[0]
+
+@pytest.mark.slow
+def test_a_study_honours_hydra_run_dir(workdir):
+    """The folder named by hydra.run.dir holds the study's outputs (the run entry point used
+    to rewrite the command line and lose it)."""
+    target = workdir / "here"
+    result = run_cli(["experiment=depth_over_width", "fluctuations.widths=[4]",
+                      "fluctuations.depths=[1]", "fluctuations.n_seeds=20", "progress=false",
+                      f"hydra.run.dir={target}"], workdir)
+    assert result.returncode == 0, result.stderr
+    assert (target / "fluctuations.csv").is_file()

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from ntk_lab.build import run_experiment
+from ntk_lab.experiment import run_experiment
 from ntk_lab.config import validate
 from ntk_lab.records import load_kernels, read_run
-from ntk_lab.train import checkpoint_steps
+from ntk_lab.training.loop import checkpoint_steps
 
 
 def tiny_config(**overrides):

@@ -19,7 +19,13 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import NullFormatter
 
-from ntk_lab.analysis.collect import Sweep, format_value, group_label, iter_groups
+from ntk_lab.analysis.collect import Sweep
+
+from ntk_lab.analysis.collect import format_value
+
+from ntk_lab.analysis.collect import group_label
+
+from ntk_lab.analysis.collect import iter_groups
 from ntk_lab.analysis.fit import X_WIDTH, FitTable
 from ntk_lab.analysis.geometry_fits import ROTATION, kappa_layer_columns
 from ntk_lab.analysis.plots import (

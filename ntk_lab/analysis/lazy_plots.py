@@ -23,7 +23,15 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ntk_lab.analysis.collect import Sweep, format_value, group_label, iter_groups, same_value
+from ntk_lab.analysis.collect import Sweep
+
+from ntk_lab.analysis.collect import format_value
+
+from ntk_lab.analysis.collect import group_label
+
+from ntk_lab.analysis.collect import iter_groups
+
+from ntk_lab.analysis.collect import same_value
 from ntk_lab.analysis.fit import X_WIDTH, FitTable
 from ntk_lab.analysis.plots import (
     COLORS, LINESTYLES, PANEL_SIZE, STEP_LABEL, WIDTH_LABEL, draw_band, has_data, log_axes,

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from ntk_lab.analysis.markdown import markdown_table
 from ntk_lab.analysis.collect import (
     STATUS_INCOMPLETE, Sweep, format_value, group_label, is_missing,
     layer_number,
@@ -68,16 +69,6 @@ def write_report(
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     atomic_write_text(path, "\n".join(lines))
     return path
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """A GitHub markdown table; ``|`` and newlines in cells are escaped."""
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-    out = ["| " + " | ".join(cell(h) for h in header) + " |",
-           "| " + " | ".join("---" for _ in header) + " |"]
-    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return out
 
 
 def status_counts(sweep: Sweep) -> list[tuple[str, int]]:

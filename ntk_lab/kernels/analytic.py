@@ -42,14 +42,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ntk_lab.activations import Activation, get_activation
 from ntk_lab.kernels.composed import composed_kernels
+from ntk_lab.layers import PARAMETERIZATIONS
+from ntk_lab.layers.activations import Activation, get_activation
+from ntk_lab.models import kernel_layers
 from ntk_lab.layers.gaussian import (  # noqa: F401  (SERIES_* and _hermite_table: public via here too)
     SERIES_MAX_DEGREE, SERIES_TOL, SERIES_WARN_TOL, _hermite_table, _series_coefficients,
     _series_expectations,
 )
-
-PARAMETERIZATIONS = ("ntk", "standard", "mup")
 
 _TILE_SIDE = 256  # tiles of 256 × 256 pairs: the Horner loop's operands stay in cache
 
@@ -199,8 +199,6 @@ def infinite_width_kernels(
 def _model_kernels(model: nn.Module, x1: Tensor, x2: Optional[Tensor],
                    memory_budget_bytes: Optional[int]) -> Tuple[Tensor, Tensor]:
     """Θ_∞ of a built-in network by its composed kernel maps, after checking the inputs fit it."""
-    from ntk_lab.models import kernel_layers  # models build on layers; no import cycle at load
-
     layers = kernel_layers(model)
     for name, x in (("x1", x1), ("x2", x2)):
         if x is None:

@@ -34,10 +34,14 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from ntk_lab.kernels._common import chunk_size, chunks, empty_kernel
+from ntk_lab.kernels._common import chunk_size
+
+from ntk_lab.kernels._common import chunks
+
+from ntk_lab.kernels._common import empty_kernel
 from ntk_lab.layers.dense import Dense
 from ntk_lab.layers.factors import AffineFactors, affine_factors, has_factors
-from ntk_lab.models.inspect import parameter_layers
+from ntk_lab.models.layer_groups import parameter_layers
 
 
 @dataclass

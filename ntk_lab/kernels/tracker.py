@@ -25,7 +25,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ntk_lab.kernels._common import DEFAULT_MEMORY_BUDGET_BYTES, full_fp32_precision
+from ntk_lab.kernels._common import DEFAULT_MEMORY_BUDGET_BYTES
+
+from ntk_lab.kernels._common import full_fp32_precision
 from ntk_lab.kernels.empirical import empirical_ntk, jacobian_change, resolve_method
 from ntk_lab.kernels.structured import (
     AffineFactors, factor_bytes_per_sample, fully_structured, jacobian_sq_distance_from_factors,

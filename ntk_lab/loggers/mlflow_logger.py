@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from ntk_lab.loggers.base import metric_values, run_figures
+from ntk_lab.loggers.base import metric_values
+
+from ntk_lab.loggers.base import run_figures
 
 STORE_DB = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
@@ -203,7 +205,7 @@ def log_sweep(
 def sweep_params(sweep_dir: Path) -> dict[str, str]:
     """The parent run's params: the command, the preset's grid and the config-group choices
     Hydra recorded in ``multirun.yaml`` (:mod:`ntk_lab.analysis.launch`), and the folder."""
-    from ntk_lab.analysis.launch import read_launch
+    from ntk_lab.records.launch import read_launch
 
     params = {"sweep_dir": str(Path(sweep_dir).resolve())}
     launch = read_launch(sweep_dir)

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ntk_lab.activations import Activation
+from ntk_lab.layers.activations import Activation
 from ntk_lab.layers import (
     Conv, Dense, Flatten, GlobalAvgPool, Nonlinearity, kernel_coefficients, layer_scales,
 )

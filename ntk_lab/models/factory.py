@@ -1,5 +1,5 @@
-"""Build any network of ``model=mlp|cnn|resmlp|custom`` from plain settings (what build.py
-calls; only run.py reads the Hydra config)."""
+"""Build any network of ``model=mlp|cnn|resmlp|custom`` from plain settings (what the
+experiment runner calls; only the command lines read the Hydra config)."""
 
 from __future__ import annotations
 
@@ -81,11 +81,6 @@ def build_network(spec: NetworkSpec, in_shape: Sequence[int], out_dim: int, *, s
     return model.to(dtype=dtype, device=device)
 
 
-NO_LIMIT_REASON = ("model=custom: a user's module has no known infinite-width limit, so Θ_∞ is NaN "
-                   "and the metrics built on it (ntk_err_inf; inf_gap, test_loss_inf, "
-                   "test_loss_kernel_regression with lazy.infinite_width) are NaN or not recorded")
-
-
 def network_inputs(name: str, data):
     """The data set as the network takes it: (N, C, H, W) images for a CNN (a one-line
     DataError on vector data) and for a custom module when the data has an image shape;
@@ -93,25 +88,3 @@ def network_inputs(name: str, data):
     if name == "cnn" or (name == "custom" and data.image_shape is not None):
         return data.as_images()
     return data
-
-
-def infinite_width_of(spec: NetworkSpec, x1: torch.Tensor, x2: Optional[torch.Tensor] = None):
-    """(NNGP_∞, Θ_∞) float64 of the network ``spec`` describes between x1 and x2, or None for
-    a custom module (no known limit: :data:`NO_LIMIT_REASON`).
-
-    The MLP uses the keyword form of :func:`ntk_lab.kernels.infinite_width_kernels`; CNN and
-    ResMLP are built on the ``meta`` device (no storage: their kernel maps need only the
-    layers' coefficients) and their maps composed.
-    """
-    from ntk_lab.kernels.analytic import infinite_width_kernels  # kernels build on models
-
-    if spec.name == "custom":
-        return None
-    if spec.name == "mlp":
-        return infinite_width_kernels(x1, x2, activation=spec.activation, depth=spec.depth,
-                                      w_std=spec.w_std, b_std=spec.b_std,
-                                      parameterization=spec.parameterization, width=spec.width)
-    meta = torch.device("meta")
-    with meta:
-        net = build_network(spec, tuple(x1.shape[1:]), 1, seed=None, dtype=torch.float64, device=meta)
-    return infinite_width_kernels(x1, x2, model=net)

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ntk_lab.activations import Activation
+from ntk_lab.layers.activations import Activation
 from ntk_lab.layers import Dense, Nonlinearity, Residual, kernel_coefficients, layer_scales
 
 

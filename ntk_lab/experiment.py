@@ -16,23 +16,24 @@ from typing import Any, Callable, Optional
 import torch
 
 import ntk_lab
-from ntk_lab import preflight
-from ntk_lab.checkpoint_geometry import layers_to_store, spectrum_note
+from ntk_lab.training import preflight
+from ntk_lab.measures.checkpoint_geometry import layers_to_store, spectrum_note
 from ntk_lab.config import ConfigError, RunConfig, data_settings
 from ntk_lab.data import Dataset, make_dataset
-from ntk_lab.features import trainable_layers
-from ntk_lab.kernels.flow import KernelFlow
-from ntk_lab.kernels.regression import GradientFlowPredictor
+from ntk_lab.models.layer_groups import trainable_layers
+from ntk_lab.dynamics.kernel_flow import KernelFlow
+from ntk_lab.dynamics.gradient_flow import GradientFlowPredictor
+from ntk_lab.kernels.network_limit import NO_LIMIT_REASON, infinite_width_of
 from ntk_lab.kernels.structured import factor_bytes_per_sample, fully_structured
 from ntk_lab.loggers import NullLogger, RunLogger
 from ntk_lab.models import (
-    NO_LIMIT_REASON, CustomModuleError, ScaledOutput, build_network, infinite_width_of, network_inputs,
+    CustomModuleError, ScaledOutput, build_network, network_inputs,
 )
 from ntk_lab.models.custom import check_output_shape, check_sample_independence
-from ntk_lab.optim import OptimizerSettings, infinite_width_support
+from ntk_lab.training.optimizers import OptimizerSettings, infinite_width_support
 from ntk_lab.records import STATUS_FAILED, STATUS_RUNNING, RunRecorder, write_summary
-from ntk_lab.storage import StoragePlan, plan_storage
-from ntk_lab.train import TrainOutcome, TrainSettings, checkpoint_steps, train
+from ntk_lab.records.storage import StoragePlan, plan_storage
+from ntk_lab.training.loop import TrainOutcome, TrainSettings, checkpoint_steps, train
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ntk_lab.features import trainable_layers
+from ntk_lab.models.layer_groups import trainable_layers
 from ntk_lab.models import CNN, MLP, ResMLP, unwrap
 
 OPTIMIZERS = ("sgd", "momentum", "adam")

@@ -1,7 +1,7 @@
 """Training losses and classification accuracy. Pure functions: tensors in, tensors / floats out.
 
 Both losses are means over the N samples of a per-sample loss of the network's outputs (the
-logits) f (N, O) and targets y (N, O) (DESIGN.md §2):
+logits) f (N, O) and targets y (N, O) (docs/conventions.md):
 
 | name            | per-sample loss ℓ(f, y)                 | ∇_f L                  |
 | --------------- | --------------------------------------- | ---------------------- |
@@ -9,7 +9,7 @@ logits) f (N, O) and targets y (N, O) (DESIGN.md §2):
 | ``cross_entropy`` | −Σ_k y_k log softmax(f)_k (softmax over the O logits) | (softmax(f) − y)/N |
 
 The empirical NTK is always that of the logits f; the losses only change ∇_f L
-(:func:`ntk_lab.kernels.flow.loss_gradient` is the same gradient in numpy, for the kernel flow).
+(:func:`ntk_lab.dynamics.kernel_flow.loss_gradient` is the same gradient in numpy, for the kernel flow).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ntk_lab.metrics import mse_loss
 
 LOSSES = ("mse", "cross_entropy")
 
@@ -49,3 +48,8 @@ def predicted_class(out: Tensor) -> Tensor:
 def accuracy(pred: Tensor, target: Tensor) -> float:
     """Fraction of rows whose predicted class is the target's (see :func:`predicted_class`)."""
     return (predicted_class(pred) == predicted_class(target)).double().mean().item()
+
+
+def mse_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """L = 1/(2N) Σ_i ‖f(x_i) − y_i‖² (docs/conventions.md). pred, target: (N, O)."""
+    return 0.5 * (pred - target).pow(2).sum() / pred.shape[0]

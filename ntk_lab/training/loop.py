@@ -20,18 +20,18 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ntk_lab import metrics
-from ntk_lab.checkpoint_geometry import (
+from ntk_lab.measures import drift as metrics
+from ntk_lab.measures.checkpoint_geometry import (
     DEFAULT_SPECTRUM_MAX_PROBE, DEFAULT_TOP_K, CheckpointGeometry, ck_scales, probe_geometry_inputs,
 )
 from ntk_lab.data import Dataset
-from ntk_lab.losses import accuracy, loss_function
-from ntk_lab.optim import OptimizerSettings, build_optimizer, build_scheduler, elapsed_time
-from ntk_lab.hessian import kappa_hessian
+from ntk_lab.training.losses import accuracy, loss_function, mse_loss
+from ntk_lab.training.optimizers import OptimizerSettings, build_optimizer, build_scheduler, elapsed_time
+from ntk_lab.measures.hessian import kappa_hessian
 from ntk_lab.kernels.tracker import ProbeKernelTracker
-from ntk_lab.kernels.flow import KernelFlow
-from ntk_lab.kernels.regression import GradientFlowPredictor
-from ntk_lab.linearized import LinearizedModel
+from ntk_lab.dynamics.kernel_flow import KernelFlow
+from ntk_lab.dynamics.gradient_flow import GradientFlowPredictor
+from ntk_lab.dynamics.linearized import LinearizedModel
 from ntk_lab.models import parameter_layers
 from ntk_lab.records import STATUS_DIVERGED, STATUS_INTERRUPTED, STATUS_OK
 
@@ -306,7 +306,7 @@ def _guarded_step(optimizer: torch.optim.Optimizer) -> Optional[str]:
 
 
 def _mse64(pred: Tensor, target: Tensor) -> float:
-    return metrics.mse_loss(pred.double(), target.double()).item()
+    return mse_loss(pred.double(), target.double()).item()
 
 
 def train(

@@ -27,8 +27,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ntk_lab import geometry
-from ntk_lab.features import readout_features
+from ntk_lab.measures import geometry
+from ntk_lab.models.layer_outputs import readout_features
 from ntk_lab.models import unwrap_mlp
 
 DEFAULT_TOP_K = 8

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ntk_lab.datasets import cifar, idx
+from ntk_lab.data import cifar, idx
 
 NUM_CLASSES = 10
 

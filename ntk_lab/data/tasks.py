@@ -9,7 +9,7 @@ precision). Targets are (N, O) regression targets for the MSE loss of DESIGN.md 
 | ``sphere_teacher`` | uniform on the unit sphere in R^d     | a fixed random ReLU teacher MLP (+ noise) |
 | ``digits``       | scikit-learn's bundled 8×8 digits, standardized | one-hot (O = 10)            |
 | ``file``         | a user's ``.npz`` (arrays ``x``, ``y``) or ``.csv`` (columns named ``y*`` are targets) | |
-| ``mnist``, ``fashion_mnist``, ``cifar10`` | stratified subsets of the real files, per-channel standardized (:mod:`ntk_lab.datasets`) | one-hot, or ±1 for two classes under MSE |
+| ``mnist``, ``fashion_mnist``, ``cifar10`` | stratified subsets of the real files, per-channel standardized (:mod:`ntk_lab.data.images`) | one-hot, or ±1 for two classes under MSE |
 
 Probe sets: ``circle`` probes n_probe points of the unit circle, x_k = (cos γ_k, sin γ_k),
 γ_k = 2πk/n_probe, so probe 0 is x₀ = (1, 0) and Θ(x₀, x(γ)) is Jacot et al.'s Figure 1. The
@@ -19,82 +19,17 @@ other datasets probe the first n_probe test inputs. The data draw has its own se
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-from torch import Tensor
+
+from ntk_lab.data.dataset import DataError, Dataset
+from ntk_lab.data.images import image_dataset
 
 DATASETS = ("circle", "sphere_teacher", "digits", "file", "mnist", "fashion_mnist", "cifar10")
-
-
-class DataError(ValueError):
-    """A dataset cannot be built from the given settings (bad path, shape, dtype, sizes)."""
-
-
-@dataclass
-class Dataset:
-    """Train / test / probe tensors (float64).
-
-    Attributes:
-        name: the dataset name.
-        x_train (N_train, d), y_train (N_train, O), x_test (N_test, d), y_test (N_test, O).
-        x_probe (N_probe, d): fixed inputs on which Θ is recorded.
-        probe_angle (N_probe,) or None: γ_k of each circle probe point, radians in [0, 2π).
-        y_probe (N_probe, O) or None: the targets of the probe inputs (kernel-target
-            alignment and the target's eigenspace share need them).
-        image_shape: (C, H, W) when every input row is an image flattened in C, H, W order
-            (digits: (1, 8, 8)), else None. :meth:`as_images` gives the (N, C, H, W) view a
-            conv net takes; an MLP takes the flat rows.
-        num_classes: the number of classes of a classification data set (targets are
-            one-hot rows, or ±1 for two classes), None for regression. Accuracy is recorded
-            only when it is set.
-    """
-
-    name: str
-    x_train: Tensor
-    y_train: Tensor
-    x_test: Tensor
-    y_test: Tensor
-    x_probe: Tensor
-    probe_angle: Optional[Tensor] = None
-    y_probe: Optional[Tensor] = None
-    image_shape: Optional[tuple[int, int, int]] = None
-    num_classes: Optional[int] = None
-
-    @property
-    def in_dim(self) -> int:
-        return self.x_train.shape[1]
-
-    @property
-    def out_dim(self) -> int:
-        return self.y_train.shape[1]
-
-    def to(self, dtype: torch.dtype, device: torch.device | str) -> "Dataset":
-        cast = lambda t: None if t is None else t.to(dtype=dtype, device=device)  # noqa: E731
-        return dataclasses.replace(
-            self, **{f: cast(getattr(self, f)) for f in _TENSOR_FIELDS})
-
-    def as_images(self) -> "Dataset":
-        """The same data with every input reshaped to (N, C, H, W) (``image_shape``).
-
-        Raises:
-            DataError: the data set has no image shape (vector data).
-        """
-        if self.image_shape is None:
-            raise DataError(f"the {self.name} data are vectors, not images; a conv net needs "
-                            f"image data (e.g. data=digits)")
-        shape = tuple(self.image_shape)
-        image = lambda t: t.reshape(t.shape[0], *shape)  # noqa: E731
-        return dataclasses.replace(self, x_train=image(self.x_train), x_test=image(self.x_test),
-                                   x_probe=image(self.x_probe))
-
-
-_TENSOR_FIELDS = ("x_train", "y_train", "x_test", "y_test", "x_probe", "probe_angle", "y_probe")
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -250,11 +185,9 @@ def from_file(path: str | Path, n_train: Optional[int] = None, n_test: Optional[
 
 
 def _image_builder(name: str):
-    """The builder of an image data set; :mod:`ntk_lab.datasets` is imported only when used."""
+    """The builder of the image data set ``name`` (:mod:`ntk_lab.data.images`)."""
 
     def build(**settings) -> Dataset:
-        from ntk_lab.datasets.images import image_dataset
-
         return image_dataset(name, **settings)
 
     return build

@@ -1,170 +1,33 @@
-"""The typed schema of a run's settings and their validation.
+"""Validation of a run's settings: the composed config (a plain nested dict) to a
+:class:`~ntk_lab.config.schema.RunConfig`, or one :class:`~ntk_lab.config.schema.ConfigError`
+line naming the key, the bad value and what is allowed.
 
 ``run.py`` turns the composed Hydra config into a plain nested dict and calls
-:func:`validate`, which returns a :class:`RunConfig` of plain dataclasses or raises
-:class:`ConfigError` with one line naming the key, the bad value and what is allowed. Nothing
-downstream re-checks its inputs. No other module sees the Hydra config object.
-:func:`check_overrides` checks the command line's group options and setting names against the
-config files before Hydra composes, so a typo also gets one line.
+:func:`validate`; no other module sees the Hydra config object. The small checkers
+(``_int``, ``_float``, ``_choice``, ``_bool``) are shared with the studies' settings
+(:mod:`ntk_lab.config.studies`), so every setting is reported the same way.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from ntk_lab.activations import ACTIVATIONS
-from ntk_lab.checkpoint_geometry import DEFAULT_SPECTRUM_MAX_PROBE, DEFAULT_TOP_K
+from ntk_lab.layers.activations import ACTIVATIONS
+from ntk_lab.measures.checkpoint_geometry import DEFAULT_SPECTRUM_MAX_PROBE, DEFAULT_TOP_K
 from ntk_lab.data import DATASETS
 from ntk_lab.kernels.empirical import METHODS
 from ntk_lab.loggers import LOGGERS, logger_unavailable
-from ntk_lab.losses import LOSSES
-from ntk_lab.models import MODELS, PARAMETERIZATIONS, NetworkSpec
+from ntk_lab.training.losses import LOSSES
+from ntk_lab.models import MODELS, PARAMETERIZATIONS
 from ntk_lab.models.cnn import PADDINGS, READOUTS
-from ntk_lab.optim import OPTIMIZERS, SCHEDULES
-from ntk_lab.storage import DEFAULT_STORE_MAX_MB, STORE_DTYPES, STORE_LEVELS
+from ntk_lab.training.optimizers import OPTIMIZERS, SCHEDULES
+from ntk_lab.records.storage import DEFAULT_STORE_MAX_MB, STORE_DTYPES, STORE_LEVELS
 
-PRECISIONS = ("float32", "float64")
-
-
-class ConfigError(ValueError):
-    """A setting is invalid; the message is one line naming the key and the allowed values."""
-
-
-@dataclass
-class ModelConfig:
-    width: int
-    depth: int
-    activation: Optional[str]  # None for a custom module (its own business)
-    parameterization: Optional[str]
-    w_std: Optional[float]
-    b_std: Optional[float]
-    out_dim: Optional[int]  # None: taken from the data
-    output_scale: float  # α of Chizat et al. 2019; 1 = the plain network
-    center: bool  # train α·(f(θ) − f(θ₀)) instead of α·f(θ)
-    # issue 10: which network, and the knobs of the conv / residual / custom ones
-    name: str = "mlp"  # mlp | cnn | resmlp | custom (the model group's choice)
-    kernel_size: int = 3  # cnn
-    padding: str = "same"  # cnn
-    readout: str = "gap"  # cnn
-    branch_scale: float = 1.0  # resmlp
-    target: Optional[str] = None  # custom: package.module:callable
-    extra: dict = field(default_factory=dict)  # custom: further model.* keys, passed on
-
-    def spec(self) -> NetworkSpec:
-        """The plain network settings :func:`ntk_lab.models.build_network` takes."""
-        return NetworkSpec(self.name, self.width, self.depth, self.activation, self.parameterization,
-                           self.w_std, self.b_std, self.kernel_size, self.padding, self.readout,
-                           self.branch_scale, self.target, dict(self.extra))
-
-
-@dataclass
-class DataConfig:
-    name: str
-    n_train: Optional[int]
-    n_test: Optional[int]
-    n_probe: int
-    seed: int
-    path: Optional[str]
-    in_dim: Optional[int]
-    noise: float
-    # image data sets (mnist, fashion_mnist, cifar10: ntk_lab.datasets)
-    classes: Optional[list[int]] = None  # None: all ten
-    root: Optional[str] = None  # None: $NTK_LAB_DATA, else the user's cache folder
-    download: bool = False
-    mirror: Optional[str] = None  # None: the official location
-    standardize: bool = True
-    pm1_targets: bool = True  # two classes: one ±1 target column (set from train.loss=mse)
-
-
-@dataclass
-class TrainConfig:
-    steps: int
-    lr: float
-    batch_size: Optional[int]
-    seed: int
-    loss: str = "mse"
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    schedule: str = "constant"
-
-
-@dataclass
-class NTKConfig:
-    enabled: bool  # False: no kernels, no Θ_∞ — the baseline the instrumentation costs against
-    method: str
-    checkpoints: int
-    memory_budget_mb: int
-    jac_change: bool
-    store: str  # which Θ_t kernels.pt keeps (ntk_lab.storage)
-    store_dtype: str
-    store_max_mb: int
-    top_k: int  # k of the top-k eigenspace columns (ntk_lab.checkpoint_geometry)
-    spectrum_max_probe: int  # the largest probe set whose spectrum is computed per checkpoint
-
-
-@dataclass
-class LazyConfig:
-    linearized: bool
-    infinite_width: bool
-    kappa_hessian: bool
-    hessian_points: int
-    hessian_iters: int
-
-
-@dataclass
-class LoggerConfig:
-    name: str  # none | tensorboard | mlflow (ntk_lab.loggers)
-    tracking_uri: Optional[str] = None  # mlflow: a folder or an MLflow URI; None: ./outputs/mlflow
-    experiment_name: Optional[str] = None  # mlflow: None = the sweep folder's path
-
-
-@dataclass
-class RunConfig:
-    model: ModelConfig
-    data: DataConfig
-    train: TrainConfig
-    ntk: NTKConfig
-    lazy: LazyConfig
-    precision: str
-    device: str
-    resume: bool
-    progress: bool
-    logger: LoggerConfig = field(default_factory=lambda: LoggerConfig("none"))
-
-    def flat(self) -> dict[str, Any]:
-        """The resolved values summary.json records (DESIGN.md §5 names)."""
-        m, d, t, k = self.model, self.data, self.train, self.ntk
-        return {
-            "width": m.width, "depth": m.depth, "lr": t.lr, "seed": t.seed,
-            "activation": m.activation, "parameterization": m.parameterization,
-            "w_std": m.w_std, "b_std": m.b_std, "out_dim": m.out_dim,
-            "output_scale": m.output_scale, "center": m.center, **m_arch(m),
-            "dataset": d.name, "n_train": d.n_train, "n_test": d.n_test, "n_probe": d.n_probe,
-            "data_seed": d.seed, "steps": t.steps, "batch_size": t.batch_size,
-            "classes": d.classes, "loss": t.loss, "optimizer": t.optimizer,
-            "momentum": t.momentum if t.optimizer == "momentum" else None,
-            "weight_decay": t.weight_decay, "schedule": t.schedule,
-            "ntk_enabled": k.enabled, "ntk_method": k.method, "checkpoints": k.checkpoints,
-            "dtype": self.precision, "device": self.device,
-        }
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def m_arch(m: ModelConfig) -> dict[str, Any]:
-    """The network's name and the knobs of its kind, for summary.json."""
-    extra = {"cnn": {"kernel_size": m.kernel_size, "padding": m.padding, "readout": m.readout},
-             "resmlp": {"branch_scale": m.branch_scale},
-             "custom": {"target": m.target, **{f"model_{k}": v for k, v in m.extra.items()}}}
-    return {"model": m.name, **extra.get(m.name, {})}
-
+from ntk_lab.config.schema import (
+    PRECISIONS, ConfigError, DataConfig, LazyConfig, LoggerConfig, ModelConfig, NTKConfig,
+    RunConfig, TrainConfig,
+)
 
 # ----------------------------------------------------------------------------- checks
 # How the user spells a key: the top-level knobs (DESIGN.md §4) are set as `width=…` etc.
@@ -447,111 +310,3 @@ def data_settings(d: DataConfig) -> dict[str, Any]:
         settings.update(classes=classes, root=d.root, download=d.download, mirror=d.mirror,
                         standardize=d.standardize, pm1_targets=d.pm1_targets)
     return settings
-
-
-# Config groups whose option a user picks on the command line (`data=digits`); an unknown option
-# is reported here in one line, before Hydra would print a multi-line composition error.
-_USER_GROUPS = ("model", "data", "train", "ntk", "lazy", "logger", "optim", "experiment")
-
-
-def _yaml_keys(path: Path) -> set[str]:
-    import yaml
-
-    content = yaml.safe_load(path.read_text()) or {}
-    return {k for k in content if k not in ("defaults", "hydra")}
-
-
-def check_overrides(argv: list[str], config_dir: Path) -> Optional[str]:
-    """The one-line error for the first override naming an unknown option or key, or None.
-
-    ``group=option`` (comma-separated sweep values each checked) must name a file of the
-    group; ``group.key=value`` a key that some option of the group has (any ``model.*`` key
-    with ``model=custom``: the custom module receives it); ``key=value`` a
-    top-level key of config.yaml. Hydra's own keys (``hydra.*``) are left to Hydra.
-    """
-    top_level = _yaml_keys(config_dir / "config.yaml")
-    # a custom module takes any further model.* key (passed to its builder as a keyword)
-    custom = any(a.lstrip("+~") in ("model=custom",) for a in argv)
-    for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        key, value = arg.split("=", 1)
-        key = key.lstrip("+~")
-        group, _, sub = key.partition(".")
-        if group == "hydra" or group.startswith("hydra/"):
-            continue
-        if group in _USER_GROUPS and not sub:
-            allowed = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
-            for option in value.split(","):
-                if value not in ("", "null") and option.strip() not in allowed:
-                    return f"{group}={option.strip()!r} is invalid: allowed: {', '.join(allowed)}"
-        elif group in _USER_GROUPS and group != "experiment":
-            if group == "model" and custom:
-                continue
-            known = set().union(*(_yaml_keys(p) for p in (config_dir / group).glob("*.yaml")))
-            if sub not in known:
-                return f"{key} is not a setting; {group} has: {', '.join(sorted(known))}"
-            problem = None if arg.startswith("+") else _key_of_another_option(
-                group, sub, argv, config_dir)  # `+group.key=` adds a key on purpose
-            if problem:
-                return problem
-        elif not sub and group not in top_level:
-            return f"{key} is not a setting; top-level keys: {', '.join(sorted(top_level))}"
-    return None
-
-
-def _key_of_another_option(group: str, key: str, argv: list[str], config_dir: Path) -> Optional[str]:
-    """The error for ``group.key`` when the group's chosen option lacks ``key`` (it belongs to
-    another option: ``logger.tracking_uri`` without ``logger=mlflow``), else None.
-
-    The chosen option is the command line's ``group=option``, else the chosen preset's
-    ``override /group: option``, else config.yaml's default; a swept option is not checked.
-    """
-    chosen = _chosen_options(argv, config_dir)
-    option = chosen.get(group)
-    path = config_dir / group / f"{option}.yaml"
-    if not option or not path.is_file() or key in _yaml_keys(path):
-        return None
-    # config.yaml or the preset (both `_global_`) may set the key under the group themselves
-    for extra in (config_dir / "config.yaml",
-                  config_dir / "experiment" / f"{chosen.get('experiment')}.yaml"):
-        if extra.is_file() and key in _group_section(extra, group):
-            return None
-    owners = sorted(p.stem for p in (config_dir / group).glob("*.yaml") if key in _yaml_keys(p))
-    return (f"{group}.{key} is not a setting of {group}={option}; it belongs to "
-            f"{' or '.join(f'{group}={o}' for o in owners)} (choose one on the command line)")
-
-
-def _group_section(path: Path, group: str) -> dict:
-    import yaml
-
-    section = (yaml.safe_load(path.read_text()) or {}).get(group)
-    return section if isinstance(section, dict) else {}
-
-
-def _chosen_options(argv: list[str], config_dir: Path) -> dict[str, str]:
-    """Group -> option as the command line, the chosen preset and config.yaml's defaults pick
-    it (in that order of precedence); groups swept over several options are left out."""
-    import yaml
-
-    def entries(path: Path) -> dict[str, Any]:
-        found = {}
-        for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults") or []:
-            if isinstance(entry, dict):
-                for name, option in entry.items():
-                    found[str(name).replace("override", "").strip().strip("/")] = option
-        return found
-
-    chosen = {g: o for g, o in entries(config_dir / "config.yaml").items() if g in _USER_GROUPS}
-    typed: dict[str, Optional[str]] = {}
-    for arg in argv:
-        name, _, value = arg.partition("=")
-        name = name.lstrip("+~")
-        if name in _USER_GROUPS and "=" in arg:
-            typed[name] = None if "," in value else value
-    preset = typed.get("experiment", chosen.get("experiment"))
-    if preset and (config_dir / "experiment" / f"{preset}.yaml").is_file():
-        chosen.update({g: o for g, o in entries(config_dir / "experiment" / f"{preset}.yaml")
-                       .items() if g in _USER_GROUPS})
-    chosen.update(typed)
-    return {g: str(o) for g, o in chosen.items() if o is not None}

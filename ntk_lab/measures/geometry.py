@@ -1,7 +1,8 @@
 """Kernel geometry: how a kernel lines up with the task and how its eigenspaces move.
 
 Pure functions: tensors in, floats (or float64 tensors) out. Every reduction is done in
-float64, as in :mod:`ntk_lab.metrics`, so that small changes of a float32 kernel survive.
+float64, in row blocks, as in :mod:`ntk_lab.measures.drift`, so that small changes of a
+float32 kernel survive and a large probe kernel is never copied whole to float64.
 
 | name | definition |
 | --- | --- |
@@ -13,9 +14,8 @@ float64, as in :mod:`ntk_lab.metrics`, so that small changes of a float32 kernel
 | ``kernel_velocity`` | kernel_distance(Θ_t, Θ_s) / (t − s) between consecutive checkpoints (Fort et al. 2020) |
 | ``conjugate_kernel`` | σ_w² Φ Φᵀ / n + σ_b², Φ (N, n) the readout's input features |
 
-``relative_distance`` and ``cosine_distance`` are :func:`ntk_lab.metrics.kappa` and
-:func:`ntk_lab.metrics.kernel_distance` computed in row blocks, so that a large float32 probe
-kernel is never copied whole to float64.
+``relative_distance``, ``cosine_distance`` and ``kernel_velocity`` live in
+:mod:`ntk_lab.measures.drift` (κ and the kernel distance) and are importable from here too.
 
 Eigenvalues are sorted in decreasing order. The top-k eigenspace is well defined only when
 λ_k > λ_{k+1}; with a tie at the boundary the overlaps depend on which of the tied vectors
@@ -30,25 +30,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-
-def _f64(t: Tensor) -> Tensor:
-    return t.detach().to(torch.float64)
+# The drift measures are part of the geometry's vocabulary (kernel_velocity is a column of it).
+from ntk_lab.measures.drift import (  # noqa: F401
+    ROW_BLOCK, _f64, _row_blocks, cosine_distance, frobenius_norm, kernel_velocity,
+    relative_distance,
+)
 
 
 def _as_targets(y: Tensor) -> Tensor:
     """Targets as a float64 matrix (N, O); a vector (N,) is one column."""
     y = _f64(y)
     return y.unsqueeze(1) if y.dim() == 1 else y
-
-
-# Rows of a kernel converted to float64 at a time by the blockwise reductions below: one pass
-# over the (float32) kernel, 256 × N float64 in flight, no N × N float64 copy (at N = 4096 the
-# geometry columns are memory-bound, and a copy is 134 MB).
-ROW_BLOCK = 256
-
-
-def _row_blocks(n: int) -> list[slice]:
-    return [slice(i, min(i + ROW_BLOCK, n)) for i in range(0, n, ROW_BLOCK)]
 
 
 def center_kernel(kernel: Tensor) -> Tensor:
@@ -106,31 +98,6 @@ def centered_alignment(kernel: Tensor, targets: Tensor) -> float:
     centered_sq = square - (r @ r).item() / n - (col_sums @ col_sums).item() / n + total**2 / n**2
     denom = math.sqrt(max(centered_sq, 0.0)) * torch.linalg.norm(yc.T @ yc).item()
     return inner / denom if denom > 0 else float("nan")
-
-
-def relative_distance(a: Tensor, b: Tensor, norm_b: float | None = None) -> float:
-    """‖a − b‖_F / ‖b‖_F (``metrics.kappa``) in one blockwise float64 pass over both.
-
-    Args:
-        a, b: (N, N), any dtypes.
-        norm_b: ‖b‖_F if already known (a step-0 reference), else computed here.
-
-    Returns:
-        The ratio, NaN when ‖b‖ = 0.
-    """
-    diff, norm = 0.0, 0.0
-    for rows in _row_blocks(a.shape[0]):
-        block_b = _f64(b[rows])
-        diff += (_f64(a[rows]) - block_b).pow(2).sum().item()
-        if norm_b is None:
-            norm += block_b.pow(2).sum().item()
-    norm_b = math.sqrt(norm) if norm_b is None else norm_b
-    return math.sqrt(diff) / norm_b if norm_b > 0 else float("nan")
-
-
-def frobenius_norm(a: Tensor) -> float:
-    """‖a‖_F in one blockwise float64 pass."""
-    return math.sqrt(sum(_f64(a[rows]).pow(2).sum().item() for rows in _row_blocks(a.shape[0])))
 
 
 @dataclass(frozen=True)
@@ -232,31 +199,6 @@ def target_power_topk(u_k: Tensor, targets: Tensor) -> float:
     y = _as_targets(targets).to(u_k.device)
     total = y.pow(2).sum().item()
     return (_f64(u_k).T @ y).pow(2).sum().item() / total if total > 0 else float("nan")
-
-
-def cosine_distance(a: Tensor, b: Tensor) -> float:
-    """``metrics.kernel_distance``, 1 − ⟨a, b⟩_F/(‖a‖_F‖b‖_F) clamped at 0, in one blockwise
-    float64 pass (no N × N float64 copies). NaN when a norm is 0."""
-    dot, norm_a, norm_b = 0.0, 0.0, 0.0
-    for rows in _row_blocks(a.shape[0]):
-        block_a, block_b = _f64(a[rows]), _f64(b[rows])
-        dot += (block_a * block_b).sum().item()
-        norm_a += block_a.pow(2).sum().item()
-        norm_b += block_b.pow(2).sum().item()
-    denom = math.sqrt(norm_a * norm_b)
-    return max(0.0, 1.0 - dot / denom) if denom > 0 else float("nan")
-
-
-def kernel_velocity(theta_t: Tensor, theta_prev: Tensor, dt: float) -> float:
-    """kernel_distance(Θ_t, Θ_prev) / dt (Fort et al. 2020, "kernel velocity").
-
-    Args:
-        theta_t, theta_prev: (N, N) kernels at two consecutive checkpoints.
-        dt: their time difference t − s (time = η·step), > 0.
-    """
-    if not dt > 0:
-        raise ValueError(f"kernel_velocity needs a positive time difference, got {dt}")
-    return cosine_distance(theta_t, theta_prev) / dt
 
 
 def conjugate_kernel(features: Tensor, w_std: float, b_std: float) -> Tensor:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ntk_lab.data import DataError
+from ntk_lab.data.dataset import DataError
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049

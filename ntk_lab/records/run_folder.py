@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-from ntk_lab.storage import StoragePlan
+from ntk_lab.records.storage import StoragePlan
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"

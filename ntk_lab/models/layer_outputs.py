@@ -1,11 +1,10 @@
-"""A network's internal features, read with forward hooks: the conjugate kernel's features and
-the coordinate check's per-layer activations.
+"""What a network's layers see and produce, read with forward hooks: the conjugate kernel's
+features (the readout's input) and the coordinate check's per-layer activations.
 
-A *layer* is a module that owns trainable parameters directly (a dense or conv layer), taken
-in the order the forward pass calls it — for the MLP, ``layers.0`` … ``layers.depth``, the
-readout last. Modules whose parameters are all frozen (the θ₀ copy inside a centered
-:class:`~ntk_lab.models.ScaledOutput`) are not layers. Hooks see the module's input and output,
-so this works for any feed-forward module, not just :class:`~ntk_lab.models.MLP`.
+The layers are those of :func:`ntk_lab.models.layer_groups.trainable_layers`, taken in the
+order the forward pass calls them — for the MLP, ``layers.0`` … ``layers.depth``, the readout
+last. Hooks see the module's input and output, so this works for any feed-forward module, not
+just :class:`~ntk_lab.models.MLP`.
 """
 
 from __future__ import annotations
@@ -16,11 +15,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-
-def trainable_layers(model: nn.Module) -> list[nn.Module]:
-    """Modules that own at least one trainable parameter directly, in registration order."""
-    return [m for m in model.modules()
-            if any(p.requires_grad for p in m.parameters(recurse=False))]
+from ntk_lab.models.layer_groups import trainable_layers
 
 
 @contextmanager

@@ -20,8 +20,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ntk_lab.data import DataError, Dataset
-from ntk_lab.datasets import cifar, files, idx
+from ntk_lab.data import cifar, idx, image_files as files
+from ntk_lab.data.dataset import DataError, Dataset
+
 
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 NUM_CLASSES = 10  # all three have ten classes, labelled 0..9

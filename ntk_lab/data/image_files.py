@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
-from ntk_lab.data import DataError
-from ntk_lab.datasets import cifar
+from ntk_lab.data.dataset import DataError
+from ntk_lab.data import cifar
 
 ROOT_ENV = "NTK_LAB_DATA"
 # Seconds to wait for a mirror to answer before giving up (no network: a clear error, no hang).

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ntk_lab.data import DataError
+from ntk_lab.data.dataset import DataError
 
 RECORD_BYTES = 1 + 3 * 32 * 32
 IMAGE_SHAPE = (3, 32, 32)

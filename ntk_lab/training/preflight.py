@@ -31,8 +31,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ntk_lab.checkpoint_geometry import layers_to_store
-from ntk_lab.storage import plan_storage
+from ntk_lab.measures.checkpoint_geometry import layers_to_store
+from ntk_lab.records.storage import plan_storage
 
 RUNTIME_BYTES = 420 * 10**6
 """Resident size of the run process before it allocates anything of its own: the interpreter

@@ -1,11 +1,24 @@
-"""What the kernels and metrics ask of any network: its parameterized layers and, for the
-built-in networks, the layers whose kernel maps compose to Θ_∞."""
+"""The one definition of a network's layers: which parameters form a layer, and, for the
+built-in networks, which layers' kernel maps compose to Θ_∞.
+
+A *layer* is a module that owns trainable parameters directly (the weight and bias of a Dense
+or Conv layer; the affine parameters of a norm layer). Modules whose parameters are all frozen
+(the θ₀ copy inside a centered :class:`~ntk_lab.models.ScaledOutput`) are not layers. The
+per-layer metric columns (``param_change_layer{i}``, ``kappa_layer{i}``), the per-layer
+kernels, the μP learning rates and the forward hooks all use these functions.
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
 from ntk_lab.models.wrappers import ScaledOutput
+
+
+def trainable_layers(model: nn.Module) -> list[nn.Module]:
+    """Modules that own at least one trainable parameter directly, in registration order."""
+    return [m for m in model.modules()
+            if any(p.requires_grad for p in m.parameters(recurse=False))]
 
 
 def parameter_layers(model: nn.Module) -> list[list[str]]:

@@ -1,0 +1,152 @@
+"""The typed schema of a run's settings: plain dataclasses, and the one error type.
+
+:func:`ntk_lab.config.validate` fills a :class:`RunConfig` from the composed settings or raises
+:class:`ConfigError` with one line naming the key, the bad value and what is allowed; nothing
+downstream re-checks its inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from ntk_lab.models import NetworkSpec
+
+PRECISIONS = ("float32", "float64")
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message is one line naming the key and the allowed values."""
+
+
+@dataclass
+class ModelConfig:
+    width: int
+    depth: int
+    activation: Optional[str]  # None for a custom module (its own business)
+    parameterization: Optional[str]
+    w_std: Optional[float]
+    b_std: Optional[float]
+    out_dim: Optional[int]  # None: taken from the data
+    output_scale: float  # α of Chizat et al. 2019; 1 = the plain network
+    center: bool  # train α·(f(θ) − f(θ₀)) instead of α·f(θ)
+    # issue 10: which network, and the knobs of the conv / residual / custom ones
+    name: str = "mlp"  # mlp | cnn | resmlp | custom (the model group's choice)
+    kernel_size: int = 3  # cnn
+    padding: str = "same"  # cnn
+    readout: str = "gap"  # cnn
+    branch_scale: float = 1.0  # resmlp
+    target: Optional[str] = None  # custom: package.module:callable
+    extra: dict = field(default_factory=dict)  # custom: further model.* keys, passed on
+
+    def spec(self) -> NetworkSpec:
+        """The plain network settings :func:`ntk_lab.models.build_network` takes."""
+        return NetworkSpec(self.name, self.width, self.depth, self.activation, self.parameterization,
+                           self.w_std, self.b_std, self.kernel_size, self.padding, self.readout,
+                           self.branch_scale, self.target, dict(self.extra))
+
+
+@dataclass
+class DataConfig:
+    name: str
+    n_train: Optional[int]
+    n_test: Optional[int]
+    n_probe: int
+    seed: int
+    path: Optional[str]
+    in_dim: Optional[int]
+    noise: float
+    # image data sets (mnist, fashion_mnist, cifar10: ntk_lab.datasets)
+    classes: Optional[list[int]] = None  # None: all ten
+    root: Optional[str] = None  # None: $NTK_LAB_DATA, else the user's cache folder
+    download: bool = False
+    mirror: Optional[str] = None  # None: the official location
+    standardize: bool = True
+    pm1_targets: bool = True  # two classes: one ±1 target column (set from train.loss=mse)
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    lr: float
+    batch_size: Optional[int]
+    seed: int
+    loss: str = "mse"
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: str = "constant"
+
+
+@dataclass
+class NTKConfig:
+    enabled: bool  # False: no kernels, no Θ_∞ — the baseline the instrumentation costs against
+    method: str
+    checkpoints: int
+    memory_budget_mb: int
+    jac_change: bool
+    store: str  # which Θ_t kernels.pt keeps (ntk_lab.storage)
+    store_dtype: str
+    store_max_mb: int
+    top_k: int  # k of the top-k eigenspace columns (ntk_lab.checkpoint_geometry)
+    spectrum_max_probe: int  # the largest probe set whose spectrum is computed per checkpoint
+
+
+@dataclass
+class LazyConfig:
+    linearized: bool
+    infinite_width: bool
+    kappa_hessian: bool
+    hessian_points: int
+    hessian_iters: int
+
+
+@dataclass
+class LoggerConfig:
+    name: str  # none | tensorboard | mlflow (ntk_lab.loggers)
+    tracking_uri: Optional[str] = None  # mlflow: a folder or an MLflow URI; None: ./outputs/mlflow
+    experiment_name: Optional[str] = None  # mlflow: None = the sweep folder's path
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    ntk: NTKConfig
+    lazy: LazyConfig
+    precision: str
+    device: str
+    resume: bool
+    progress: bool
+    logger: LoggerConfig = field(default_factory=lambda: LoggerConfig("none"))
+
+    def flat(self) -> dict[str, Any]:
+        """The resolved values summary.json records (DESIGN.md §5 names)."""
+        m, d, t, k = self.model, self.data, self.train, self.ntk
+        return {
+            "width": m.width, "depth": m.depth, "lr": t.lr, "seed": t.seed,
+            "activation": m.activation, "parameterization": m.parameterization,
+            "w_std": m.w_std, "b_std": m.b_std, "out_dim": m.out_dim,
+            "output_scale": m.output_scale, "center": m.center, **m_arch(m),
+            "dataset": d.name, "n_train": d.n_train, "n_test": d.n_test, "n_probe": d.n_probe,
+            "data_seed": d.seed, "steps": t.steps, "batch_size": t.batch_size,
+            "classes": d.classes, "loss": t.loss, "optimizer": t.optimizer,
+            "momentum": t.momentum if t.optimizer == "momentum" else None,
+            "weight_decay": t.weight_decay, "schedule": t.schedule,
+            "ntk_enabled": k.enabled, "ntk_method": k.method, "checkpoints": k.checkpoints,
+            "dtype": self.precision, "device": self.device,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def m_arch(m: ModelConfig) -> dict[str, Any]:
+    """The network's name and the knobs of its kind, for summary.json."""
+    extra = {"cnn": {"kernel_size": m.kernel_size, "padding": m.padding, "readout": m.readout},
+             "resmlp": {"branch_scale": m.branch_scale},
+             "custom": {"target": m.target, **{f"model_{k}": v for k, v in m.extra.items()}}}
+    return {"model": m.name, **extra.get(m.name, {})}

@@ -1,0 +1,98 @@
+"""The settings of the two studies that are not training runs, checked like a run's.
+
+A study reads the run-level settings (model, data, precision, device: :func:`validate`) and
+its own block of the composed config: ``coord_check:`` (widths × parameterizations × seeds,
+steps, lr) or ``fluctuations:`` (widths × depths, seeds per cell, input dimension). The
+checkers are the run's own (:mod:`ntk_lab.config.validation`), so a bad value reads the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ntk_lab.config.schema import ConfigError, RunConfig
+from ntk_lab.config.validation import _choice, _fail, _float, _int, validate
+from ntk_lab.layers import PARAMETERIZATIONS
+
+# The preset each study applies when no other experiment= is given (configs/experiment/).
+COORD_CHECK_PRESET = "coord_check"
+FLUCTUATIONS_PRESET = "depth_over_width"
+# The block of the composed config that holds each study's grid.
+STUDY_BLOCKS = {COORD_CHECK_PRESET: "coord_check", FLUCTUATIONS_PRESET: "fluctuations"}
+
+
+def _block(plain: Mapping[str, Any], name: str, preset: str) -> Mapping[str, Any]:
+    block = plain.get(name)
+    if not isinstance(block, Mapping):
+        raise ConfigError(f"{name} settings are missing: this study runs with "
+                          f"experiment={preset} (the default) or a preset with a {name}: block")
+    return block
+
+
+def _int_list(key: str, value: Any, minimum: int) -> list[int]:
+    """A non-empty list of integers ≥ minimum (a single integer is a list of one)."""
+    if not isinstance(value, (list, tuple)):
+        value = [value]
+    if not value:
+        raise _fail(key, value, f"must be a non-empty list of integers >= {minimum}, e.g. [16,32]")
+    try:
+        return [_int(key, v, minimum) for v in value]
+    except ConfigError:
+        raise _fail(key, value, f"must be a non-empty list of integers >= {minimum}, "
+                                f"e.g. [16,32]") from None
+
+
+def _choices(key: str, value: Any, allowed: tuple[str, ...]) -> list[str]:
+    """A non-empty list of names from ``allowed`` (a single name is a list of one)."""
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, (list, tuple)) or not values:
+        raise _fail(key, value, f"a non-empty list of {', '.join(allowed)}")
+    try:
+        return [_choice(key, v, allowed) for v in values]
+    except ConfigError:
+        raise _fail(key, value, f"a non-empty list of {', '.join(allowed)}") from None
+
+
+def coord_check_settings(plain: Mapping[str, Any]) -> tuple[RunConfig, dict]:
+    """The run-level settings and the ``coord_check:`` block, checked.
+
+    Raises:
+        ConfigError: one line naming the key and what is allowed.
+    """
+    config = validate(plain)
+    block = _block(plain, "coord_check", COORD_CHECK_PRESET)
+    settings = {
+        "widths": _int_list("coord_check.widths", block.get("widths"), 1),
+        "parameterizations": _choices("coord_check.parameterizations",
+                                      block.get("parameterizations"), PARAMETERIZATIONS),
+        "seeds": _int_list("coord_check.seeds", block.get("seeds"), 0),
+        "steps": _int("coord_check.steps", block.get("steps"), 1),
+        "lr": _float("coord_check.lr", block.get("lr"), lambda v: v > 0, "must be a number > 0"),
+    }
+    return config, settings
+
+
+def fluctuation_settings(plain: Mapping[str, Any]) -> tuple[RunConfig, dict]:
+    """The run-level settings and the ``fluctuations:`` block, checked.
+
+    Raises:
+        ConfigError: one line naming the key and what is allowed.
+    """
+    config = validate(plain)
+    block = _block(plain, "fluctuations", FLUCTUATIONS_PRESET)
+    settings = {
+        "widths": _int_list("fluctuations.widths", block.get("widths"), 1),
+        "depths": _int_list("fluctuations.depths", block.get("depths"), 1),
+        "n_seeds": _int("fluctuations.n_seeds", block.get("n_seeds"), 2),
+        "in_dim": _int("fluctuations.in_dim", block.get("in_dim"), 1),
+    }
+    return config, settings
+
+
+def study_of(plain: Mapping[str, Any]) -> str | None:
+    """The study preset whose block the composed settings hold (``coord_check`` or
+    ``depth_over_width``), or None for a training run."""
+    for preset, block in STUDY_BLOCKS.items():
+        if isinstance(plain.get(block), Mapping):
+            return preset
+    return None
