@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ntk_lab.data import cifar
-
-from ntk_lab.data import generated_files as synthetic
+from ntk_lab.data import cifar, generated_files as synthetic
 
 
 def main() -> None:

@@ -14,9 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from ntk_lab.analysis import collect_sweep
-
-from ntk_lab.analysis import fit_sweep
+from ntk_lab.analysis import collect_sweep, fit_sweep
 from ntk_lab.analysis.accuracy_plots import accuracy_band, plot_accuracy_vs_width
 from tests.test_lazy_analysis import PNG_MAGIC, fit_row, write_sweep
 

@@ -17,17 +17,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ntk_lab.analysis import analyze_sweep
-
-from ntk_lab.analysis import collect_sweep
-
-from ntk_lab.analysis import fit_power_law
-
-from ntk_lab.analysis import fit_sweep
+from ntk_lab.analysis import analyze_sweep, collect_sweep, fit_power_law, fit_sweep
 from ntk_lab.analysis.kernel_plots import plot_jacot_fig1
-from ntk_lab.analysis.plots import (
-    plot_kappa_vs_output_scale, plot_kappa_vs_width_by_parameterization,
-)
+from ntk_lab.analysis.plots import plot_kappa_vs_output_scale, plot_kappa_vs_width_by_parameterization
 from ntk_lab.analyze import main
 from ntk_lab.records import save_kernels, write_metrics, write_summary
 

@@ -26,11 +26,7 @@ import torch
 from scipy import integrate
 from scipy.special import erf as sp_erf, ndtr
 
-from ntk_lab.layers.activations import ACTIVATIONS
-
-from ntk_lab.layers.activations import LEAKY_RELU_SLOPE
-
-from ntk_lab.layers.activations import get_activation
+from ntk_lab.layers.activations import ACTIVATIONS, LEAKY_RELU_SLOPE, get_activation
 from ntk_lab.kernels import empirical_ntk, infinite_width_kernels
 from ntk_lab.kernels.analytic import SERIES_MAX_DEGREE, _hermite_table
 from ntk_lab.models import MLP

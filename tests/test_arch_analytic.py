@@ -25,9 +25,7 @@ import pytest
 import torch
 from torch import nn
 
-from ntk_lab.layers.activations import ACTIVATIONS
-
-from ntk_lab.layers.activations import get_activation
+from ntk_lab.layers.activations import ACTIVATIONS, get_activation
 from ntk_lab.kernels import empirical_ntk, infinite_width_kernels
 from ntk_lab.kernels.composed import composed_kernels
 from ntk_lab.layers import KernelState, Nonlinearity

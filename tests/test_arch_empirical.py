@@ -13,11 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from ntk_lab.kernels import empirical_ntk
-
-from ntk_lab.kernels import empirical_ntk_layers
-
-from ntk_lab.kernels import jacobian_change
+from ntk_lab.kernels import empirical_ntk, empirical_ntk_layers, jacobian_change
 from ntk_lab.kernels.empirical import resolve_method
 from ntk_lab.kernels.structured import affine_kernel, capture_factors, structured_layers
 from ntk_lab.models import CNN, MLP, ResMLP, ScaledOutput, parameter_layers
@@ -152,14 +148,14 @@ def test_conv_gram_and_explicit_forms_agree(mode):
 def test_symmetric_strips_of_the_explicit_form(strip_rows, monkeypatch):
     """Θ(x, x) from the strips on and above the diagonal, mirrored (two strips of 35 rows, or
     five uneven ones of ≤ 16), equals the full product J1·J2ᵀ of two separate captures."""
-    import ntk_lab.kernels.structured as structured
+    import ntk_lab.kernels.structured_contraction as contraction
 
-    monkeypatch.setattr(structured, "SYMMETRIC_STRIP_ROWS", strip_rows)
+    monkeypatch.setattr(contraction, "SYMMETRIC_STRIP_ROWS", strip_rows)
     model = CNN(2, 4, 2, 1, "relu", b_std=0.4, seed=2, dtype=F64)
     layers = structured_layers(model)
     x = images(70, 3)
     a, b = capture_factors(model, x, layers)[1], capture_factors(model, x, layers)[1]
-    assert structured._symmetric_strips(70) is not None
+    assert contraction._symmetric_strips(70) is not None
     same = affine_kernel(a, a, "trace", 1 << 30, form="explicit", same=True)
     assert rel_err(same, affine_kernel(a, b, "trace", 1 << 30, form="explicit")) < REL_TOL
 

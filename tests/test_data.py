@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ntk_lab.data import DataError
-
-from ntk_lab.data import make_dataset
+from ntk_lab.data import DataError, make_dataset
 
 
 def test_circle_is_jacot_s_setup():

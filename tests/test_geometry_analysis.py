@@ -8,9 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ntk_lab.analysis import analyze_sweep
-
-from ntk_lab.analysis import collect_sweep
+from ntk_lab.analysis import analyze_sweep, collect_sweep
 from ntk_lab.analysis.geometry_fits import (
     ALIGNMENT_CHANGE, ROTATION, add_geometry_columns, geometry_final_metrics,
 )

@@ -6,9 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ntk_lab.studies.coord_check import fit_slopes
-
-from ntk_lab.studies.coord_check import run_coord_check
+from ntk_lab.studies.coord_check import fit_slopes, run_coord_check
 from ntk_lab.data import make_dataset
 from ntk_lab.studies.fluctuations import fit_rate, measure_grid
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ntk_lab.kernels import empirical_ntk
-
-from ntk_lab.kernels import infinite_width_kernels
+from ntk_lab.kernels import empirical_ntk, infinite_width_kernels
 from ntk_lab.models import CNN, MLP, ResMLP
 
 pytestmark = [

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from ntk_lab.data import DataError
-
-from ntk_lab.data import make_dataset, cifar, image_files as files, idx, images, generated_files as synthetic
+from ntk_lab.data import (
+    DataError, make_dataset, cifar, image_files as files, idx, images,
+    generated_files as synthetic,
+)
 
 # Standardized training pixels have mean 0 and std 1 per channel up to float64 round-off of
 # a sum over ~10^4 values.

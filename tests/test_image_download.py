@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ntk_lab.data import DataError
-
-from ntk_lab.data import make_dataset, image_files as files, generated_files as synthetic
+from ntk_lab.data import DataError, make_dataset, image_files as files, generated_files as synthetic
 
 
 class _Server:

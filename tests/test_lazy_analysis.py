@@ -15,11 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ntk_lab.analysis import analyze_sweep
-
-from ntk_lab.analysis import collect_sweep
-
-from ntk_lab.analysis import fit_sweep
+from ntk_lab.analysis import analyze_sweep, collect_sweep, fit_sweep
 from ntk_lab.analysis.lazy_plots import (
     plot_lazy_gaps_vs_width, plot_lee2019_training_curves, selected_widths,
 )

@@ -240,10 +240,10 @@ def test_jobs_spread_over_the_gpus_of_a_node():
 def test_symmetric_assembly_equals_the_full_gram_products(monkeypatch):
     """Θ(x, x) from its upper-triangular blocks, mirrored, is the full computation (blocks of
     5 rows over 23 points: uneven last block, off-diagonal blocks both ways)."""
-    from ntk_lab.kernels import structured, tracker
+    from ntk_lab.kernels import structured_contraction, tracker
     from ntk_lab.kernels.structured import kernel_from_features, mlp_features
 
-    monkeypatch.setattr(structured, "SYMMETRIC_BLOCK", 5)  # the blocks live in structured.py (issue 10)
+    monkeypatch.setattr(structured_contraction, "SYMMETRIC_BLOCK", 5)  # read at call time
     net = MLP(3, 16, 2, out_dim=2, activation="gelu", b_std=0.2, seed=0, dtype=torch.float64)
     feats = mlp_features(net, torch.randn(23, 3, dtype=torch.float64))
     torch.testing.assert_close(tracker.symmetric_kernel_from_features(feats),

@@ -19,9 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ntk_lab.analysis import collect_sweep
-
-from ntk_lab.analysis import fit_sweep
+from ntk_lab.analysis import collect_sweep, fit_sweep
 from ntk_lab.experiment import run_experiment
 from ntk_lab.config import ConfigError, logger_config
 from ntk_lab.loggers import GuardedLogger, experiment_name, log_sweep_end, make_logger

@@ -8,13 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ntk_lab.training.losses import accuracy
-
-from ntk_lab.training.losses import cross_entropy
-
-from ntk_lab.training.losses import loss_function
-
-from ntk_lab.training.losses import predicted_class
+from ntk_lab.training.losses import accuracy, cross_entropy, loss_function, predicted_class
 from ntk_lab.models import MLP
 from ntk_lab.training.optimizers import (
     OptimizerSettings, build_optimizer, build_scheduler, elapsed_time, infinite_width_support,

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ntk_lab.records import load_kernels
-
-from ntk_lab.records import read_run
+from ntk_lab.records import load_kernels, read_run
 from tests.conftest import TINY, run_cli
 
 BAD_INPUTS = [

@@ -7,9 +7,7 @@
 Runs are read only through :mod:`ntk_lab.records`; nothing here imports the training code.
 """
 
-from ntk_lab.analysis.collect import Sweep
-
-from ntk_lab.analysis.collect import collect_sweep
+from ntk_lab.analysis.collect import Sweep, collect_sweep
 from ntk_lab.analysis.fit import FitTable, PowerLawFit, fit_power_law, fit_sweep
 from ntk_lab.analysis.pipeline import analyze_sweep
 

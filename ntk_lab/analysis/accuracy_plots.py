@@ -18,13 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ntk_lab.analysis.collect import Sweep
-
-from ntk_lab.analysis.collect import group_label
-
-from ntk_lab.analysis.collect import iter_groups
+from ntk_lab.analysis.collect import Sweep, group_label, iter_groups
 from ntk_lab.analysis.fit import X_WIDTH, FitTable
-from ntk_lab.analysis.plots import (
+from ntk_lab.analysis.figure_style import (
     BAND_ALPHA, COLORS, WIDTH_LABEL, new_figure, numeric, save_figure, value_ticks,
 )
 

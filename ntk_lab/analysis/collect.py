@@ -21,15 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
-from ntk_lab.records import METRIC_COLUMNS
-
-from ntk_lab.records import STATUS_OK
-
-from ntk_lab.records import RunRecord
-
-from ntk_lab.records import find_runs
-
-from ntk_lab.records import read_run
+from ntk_lab.records import METRIC_COLUMNS, STATUS_OK, RunRecord, find_runs, read_run
 
 STATUS_INCOMPLETE = "incomplete"
 

@@ -14,13 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ntk_lab.analysis.plots import PANEL_SIZE
-
-from ntk_lab.analysis.plots import WIDTH_LABEL
-
-from ntk_lab.analysis.plots import save_figure
-
-from ntk_lab.analysis.plots import value_ticks
+from ntk_lab.analysis.figure_style import PANEL_SIZE, WIDTH_LABEL, save_figure, value_ticks
 
 FIGURES = {"l1_delta": "coord_check_l1_delta.png", "l1": "coord_check_l1.png"}
 LABELS = {"l1_delta": r"mean $|h_t - h_0|$", "l1": r"mean $|h_t|$"}

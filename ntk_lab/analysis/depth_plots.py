@@ -16,15 +16,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import NullFormatter
 
-from ntk_lab.analysis.collect import Sweep
-
-from ntk_lab.analysis.collect import format_value
-
-from ntk_lab.analysis.collect import group_label
-
-from ntk_lab.analysis.collect import iter_groups
+from ntk_lab.analysis.collect import Sweep, format_value, group_label, iter_groups
 from ntk_lab.analysis.fit import FitTable
-from ntk_lab.analysis.plots import (
+from ntk_lab.analysis.figure_style import (
     COLORS, add_legend, has_data, log_axes, new_figure, numeric, save_figure,
 )
 

@@ -12,13 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ntk_lab.analysis.plots import add_legend
-
-from ntk_lab.analysis.plots import new_figure
-
-from ntk_lab.analysis.plots import save_figure
-
-from ntk_lab.analysis.plots import style_for
+from ntk_lab.analysis.figure_style import add_legend, new_figure, save_figure, style_for
 
 BETA_LABEL = r"$\beta = L/n$ (hidden layers / width)"
 HANIN_NICA_RATE = 5.0  # E[Θ²]/E[Θ]² ≃ exp(5β) for ReLU (Hanin & Nica 2019, Thm. 1)

@@ -19,19 +19,11 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import NullFormatter
 
-from ntk_lab.analysis.collect import Sweep
-
-from ntk_lab.analysis.collect import format_value
-
-from ntk_lab.analysis.collect import group_label
-
-from ntk_lab.analysis.collect import iter_groups
+from ntk_lab.analysis.collect import Sweep, format_value, group_label, iter_groups
 from ntk_lab.analysis.fit import X_WIDTH, FitTable
 from ntk_lab.analysis.geometry_fits import ROTATION, kappa_layer_columns
-from ntk_lab.analysis.plots import (
-    COLORS, STEP_LABEL, WIDTH_COLORMAP, WIDTH_LABEL, add_legend, draw_band, enough_widths,
-    has_data, limited_panels, log_axes, mean_band, new_figure, numeric, panel_title,
-    save_figure, slope_text, style_for, value_ticks,
+from ntk_lab.analysis.figure_style import (
+    COLORS, STEP_LABEL, WIDTH_COLORMAP, WIDTH_LABEL, add_legend, draw_band, enough_widths, has_data, limited_panels, log_axes, mean_band, new_figure, numeric, panel_title, save_figure, slope_text, style_for, value_ticks,
 )
 from ntk_lab.records import KERNELS_FILE, load_kernels
 

@@ -20,13 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ntk_lab.analysis.collect import Sweep
-
-from ntk_lab.analysis.collect import format_value
-
-from ntk_lab.analysis.collect import iter_groups
+from ntk_lab.analysis.collect import Sweep, format_value, iter_groups
 from ntk_lab.analysis.fit import FitTable
-from ntk_lab.analysis.plots import BAND_ALPHA, new_figure, save_figure
+from ntk_lab.analysis.figure_style import BAND_ALPHA, new_figure, save_figure
 from ntk_lab.records import STATUS_OK, load_kernels
 
 log = logging.getLogger(__name__)

@@ -23,19 +23,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ntk_lab.analysis.collect import Sweep
-
-from ntk_lab.analysis.collect import format_value
-
-from ntk_lab.analysis.collect import group_label
-
-from ntk_lab.analysis.collect import iter_groups
-
-from ntk_lab.analysis.collect import same_value
+from ntk_lab.analysis.collect import Sweep, format_value, group_label, iter_groups, same_value
 from ntk_lab.analysis.fit import X_WIDTH, FitTable
-from ntk_lab.analysis.plots import (
-    COLORS, LINESTYLES, PANEL_SIZE, STEP_LABEL, WIDTH_LABEL, draw_band, has_data, log_axes,
-    mean_band, numeric, reference_line, save_figure, slope_text, style_for, value_ticks,
+from ntk_lab.analysis.figure_style import (
+    COLORS, LINESTYLES, PANEL_SIZE, STEP_LABEL, WIDTH_LABEL, draw_band, has_data, log_axes, mean_band, numeric, reference_line, save_figure, slope_text, style_for, value_ticks,
 )
 
 # ---------------------------------------------------------------- training curves

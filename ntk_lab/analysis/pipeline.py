@@ -24,9 +24,9 @@ from ntk_lab.analysis.geometry_plots import (
 from ntk_lab.analysis.kernel_plots import plot_jacot_fig1
 from ntk_lab.analysis.lazy_plots import plot_lazy_gaps_vs_width, plot_lee2019_training_curves
 from ntk_lab.analysis.plots import (
-    plot_kappa_heatmap_depth_lr, plot_kappa_vs_output_scale, plot_kappa_vs_step,
-    plot_kappa_vs_width, plot_kappa_vs_width_by_parameterization,
-    plot_ntk_err_inf_vs_width, plot_param_change_layers_vs_width,
+    plot_kappa_heatmap_depth_lr, plot_kappa_vs_output_scale, plot_kappa_vs_step, plot_kappa_vs_width,
+    plot_kappa_vs_width_by_parameterization, plot_ntk_err_inf_vs_width,
+    plot_param_change_layers_vs_width,
 )
 from ntk_lab.analysis.report import ReportFigure, write_report
 from ntk_lab.analysis.report_html import write_html_report

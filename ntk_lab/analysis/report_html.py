@@ -20,13 +20,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from ntk_lab.analysis.collect import STATUS_INCOMPLETE
-
-from ntk_lab.analysis.collect import Sweep
-
-from ntk_lab.analysis.collect import format_value
-
-from ntk_lab.analysis.collect import is_missing
+from ntk_lab.analysis.collect import STATUS_INCOMPLETE, Sweep, format_value, is_missing
 from ntk_lab.analysis.fit import FitTable
 from ntk_lab.records.launch import Launch, read_launch
 from ntk_lab.analysis.report import (

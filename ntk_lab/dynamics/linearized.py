@@ -11,9 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vjp
 
-from ntk_lab.kernels._common import functional_forward
-
-from ntk_lab.kernels._common import split_parameters
+from ntk_lab.kernels._common import functional_forward, split_parameters
 
 
 class LinearizedModel:

@@ -25,9 +25,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ntk_lab.kernels._common import DEFAULT_MEMORY_BUDGET_BYTES
-
-from ntk_lab.kernels._common import full_fp32_precision
+from ntk_lab.kernels._common import DEFAULT_MEMORY_BUDGET_BYTES, full_fp32_precision
 from ntk_lab.kernels.empirical import empirical_ntk, jacobian_change, resolve_method
 from ntk_lab.kernels.structured import (
     AffineFactors, factor_bytes_per_sample, fully_structured, jacobian_sq_distance_from_factors,
@@ -119,6 +117,6 @@ class ProbeKernelTracker:
 def symmetric_kernel_from_features(feats: list[Optional[AffineFactors]], budget_bytes: int = 1 << 30) -> Tensor:
     """Θ(x, x) (N, N) in trace mode from one factor list. Each layer computes only what the
     symmetry needs: the Gram form its blocks on and above the diagonal
-    (:data:`ntk_lab.kernels.structured.SYMMETRIC_BLOCK` rows, mirrored), the explicit form
+    (:data:`ntk_lab.kernels.structured_contraction.SYMMETRIC_BLOCK` rows, mirrored), the explicit form
     its J Jᵀ from the upper block triangle."""
     return kernel_from_factors(feats, feats, "trace", budget_bytes, same=True)

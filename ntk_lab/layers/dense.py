@@ -15,9 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ntk_lab.layers.factors import AffineFactors
-
-from ntk_lab.layers.factors import register_factors
+from ntk_lab.layers.factors import AffineFactors, register_factors
 from ntk_lab.layers.scales import KernelCoefficients, LayerScales
 from ntk_lab.layers.state import KernelState
 

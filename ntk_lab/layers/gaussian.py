@@ -31,9 +31,7 @@ import torch
 from scipy.special import roots_hermitenorm
 from torch import Tensor
 
-from ntk_lab.layers.activations import Activation
-
-from ntk_lab.layers.activations import broadcast_shape
+from ntk_lab.layers.activations import Activation, broadcast_shape
 
 # Hermite-series controls (see _series_expectations).
 SERIES_TOL = 1e-10

@@ -14,9 +14,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from ntk_lab.layers.activations import Activation
-
-from ntk_lab.layers.activations import get_activation
+from ntk_lab.layers.activations import Activation, get_activation
 from ntk_lab.layers.gaussian import gaussian_expectations, gaussian_moments
 from ntk_lab.layers.state import KernelState
 

@@ -13,13 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional
 
-from ntk_lab.loggers.base import GuardedLogger
-
-from ntk_lab.loggers.base import NullLogger
-
-from ntk_lab.loggers.base import RunLogger
-
-from ntk_lab.loggers.base import log
+from ntk_lab.loggers.base import GuardedLogger, NullLogger, RunLogger, log
 
 LOGGERS = ("none", "tensorboard", "mlflow")
 # The pip extra of ntk_lab that installs each tracker's package.

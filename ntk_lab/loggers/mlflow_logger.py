@@ -26,9 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from ntk_lab.loggers.base import metric_values
-
-from ntk_lab.loggers.base import run_figures
+from ntk_lab.loggers.base import metric_values, run_figures
 
 STORE_DB = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"

@@ -15,11 +15,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from ntk_lab.loggers.base import final_metrics
-
-from ntk_lab.loggers.base import metric_values
-
-from ntk_lab.loggers.base import run_figures
+from ntk_lab.loggers.base import final_metrics, metric_values, run_figures
 
 TB_DIR = "tb"
 FINAL_PREFIX = "final/"  # HParams metric tags, apart from the per-step scalars

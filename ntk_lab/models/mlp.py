@@ -14,9 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ntk_lab.layers.activations import Activation
-
-from ntk_lab.layers.activations import get_activation
+from ntk_lab.layers.activations import Activation, get_activation
 from ntk_lab.layers import Dense, Nonlinearity, kernel_coefficients, layer_scales
 
 

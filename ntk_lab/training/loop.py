@@ -26,7 +26,9 @@ from ntk_lab.measures.checkpoint_geometry import (
 )
 from ntk_lab.data import Dataset
 from ntk_lab.training.losses import accuracy, loss_function, mse_loss
-from ntk_lab.training.optimizers import OptimizerSettings, build_optimizer, build_scheduler, elapsed_time
+from ntk_lab.training.optimizers import (
+    OptimizerSettings, build_optimizer, build_scheduler, elapsed_time,
+)
 from ntk_lab.measures.hessian import kappa_hessian
 from ntk_lab.kernels.tracker import ProbeKernelTracker
 from ntk_lab.dynamics.kernel_flow import KernelFlow
