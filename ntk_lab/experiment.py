@@ -88,7 +88,7 @@ def versions() -> dict[str, Any]:
 
 def memory_refusal(config: RunConfig, data: Dataset, device: torch.device) -> Optional[str]:
     """The one-line refusal when the run's estimated peak memory exceeds what the device has
-    free (:mod:`ntk_lab.preflight`), else None. Allocates nothing: the network is measured on
+    free (:mod:`ntk_lab.training.preflight`), else None. Allocates nothing: the network is measured on
     the ``meta`` device."""
     dtype = DTYPES[config.precision]
     sample = data.x_train[:1].to(dtype)
@@ -166,7 +166,7 @@ def probe_kernels(config: RunConfig, data: Dataset) -> dict[str, torch.Tensor]:
 
 
 def optimizer_settings(config: RunConfig) -> OptimizerSettings:
-    """The :class:`~ntk_lab.optim.OptimizerSettings` of ``config.train``."""
+    """The :class:`~ntk_lab.training.optimizers.OptimizerSettings` of ``config.train``."""
     t = config.train
     return OptimizerSettings(t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                              betas=t.betas, eps=t.eps, schedule=t.schedule)
@@ -174,7 +174,7 @@ def optimizer_settings(config: RunConfig) -> OptimizerSettings:
 
 def infinite_width_predictor(config: RunConfig, data: Dataset) -> GradientFlowPredictor | KernelFlow:
     """Θ_∞ gradient flow on the train and test sets (float64, on the data's device): the MSE
-    closed form for gradient descent, else the integrated flow of :mod:`ntk_lab.kernels.flow`
+    closed form for gradient descent, else the integrated flow of :mod:`ntk_lab.dynamics.kernel_flow`
     (cross-entropy; momentum's second-order equation).
 
     The dynamics are driven by Θ·loss_scale; for an α-scaled network that is α²Θ_∞/α² = Θ_∞,
@@ -201,7 +201,7 @@ def run_experiment(
     started: Optional[float] = None, job_num: Optional[int] = None,
     logger: Optional[RunLogger] = None,
 ) -> TrainOutcome:
-    """Train one network as ``config`` says and write its run folder (DESIGN.md §5).
+    """Train one network as ``config`` says and write its run folder (docs/conventions.md, *Output files*).
 
     ``logger`` (:mod:`ntk_lab.loggers`) gets the settings, every checkpoint row and, at the
     end, the summary and figures; the run folder is written the same with or without it.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark conv nets (issue 10) in ONE process; ratios are the result (shared machines are
+"""Benchmark conv nets in ONE process; ratios are the result (shared machines are
 noisy).
 
 1. Empirical NTK of a CNN, 1 → C channels × 3 conv layers, 3×3 'same', ReLU, GAP, 8×8 inputs,
@@ -67,7 +67,7 @@ def empirical_table(channels, n, methods, device, repeats) -> dict:
           f"{'÷ fwd+bwd':>10} {'spread':>7} {'peak MB':>8}")
     ratios = {}
     for width in channels:
-        model = CNN(1, width, 3, 1, "relu", seed=0, device=device)
+        model = CNN(1, width, 3, out_dim=1, activation="relu", seed=0, device=device)
         x = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(1)).to(device)
         for method in methods:
             chosen = resolve_method(model, x, None, method)
@@ -90,7 +90,7 @@ def theta_inf_check(device) -> tuple[float, float]:
         seconds, peak = done.stdout.split()[-2:]
         return float(seconds), float(peak)
     x = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
-    model = CNN(3, 8, 3, 1, "relu", "ntk", 1.4, 0.1)  # Θ_∞ does not depend on the width
+    model = CNN(3, 8, 3, out_dim=1, activation="relu", parameterization="ntk", w_std=1.4, b_std=0.1)  # Θ_∞ does not depend on the width
     infinite_width_kernels(x[:2], model=model)  # warm-up
     if device.type == "cpu":
         base = _status_kb("VmRSS")

@@ -105,7 +105,7 @@ def bench_table(widths, n, out_dims, device, repeats):
     results = {}
     for width in widths:
         for out_dim in out_dims:
-            model = MLP(64, width, 3, out_dim, seed=0, device=device)
+            model = MLP(64, width, 3, out_dim=out_dim, seed=0, device=device)
             x = torch.randn(n, 64, generator=torch.Generator().manual_seed(1)).to(device)
             n_params = sum(p.numel() for p in model.parameters())
             base, _ = timed(forward_backward(model, x), device, repeats)
@@ -137,7 +137,7 @@ def bench_table(widths, n, out_dims, device, repeats):
 
 def memory_check(device):
     width, depth, n = 4096, 4, 256
-    model = MLP(64, width, depth, 1, seed=0, device=device)
+    model = MLP(64, width, depth, out_dim=1, seed=0, device=device)
     x = torch.randn(n, 64, generator=torch.Generator().manual_seed(1)).to(device)
     fn = lambda: empirical_ntk(model, x, method="auto")  # noqa: E731
     seconds, peak = timed(fn, device, 1)

@@ -3,7 +3,7 @@
 Times the default run and the baseline run (``ntk.enabled=false lazy.infinite_width=false``:
 the same data, steps and loss logging, no kernels and no Θ_∞) in ONE process, interleaved and
 repeated (this machine is shared and noisy; the ratio of the fastest of each is reported), at
-widths 1024 and 4096. Targets (issue 13): ratio ≤ 1.5 at width 1024, ≤ 1.3 at 4096.
+widths 1024 and 4096. Targets: ratio ≤ 1.5 at width 1024, ≤ 1.3 at 4096.
 
 Then, unless ``--no-probe``, the big-probe run: ``data.n_probe=4096 width=1024 depth=3`` with
 the default 20 checkpoints, in a child process, its wall time and peak RSS (targets ≤ 5 min,

@@ -1,5 +1,5 @@
 """Write files in the exact official formats of MNIST, Fashion-MNIST or CIFAR-10, filled with
-GENERATED images (ntk_lab.datasets.synthetic), for machines that cannot download the real ones.
+GENERATED images (ntk_lab.data.generated_files), for machines that cannot download the real ones.
 
     python scripts/make_image_files.py --root /tmp/generated cifar10     # 6 × 30,730,000 bytes
     python scripts/make_image_files.py --root /tmp/generated mnist       # the four .gz IDX files

@@ -1,4 +1,4 @@
-"""Θ_∞ and the NNGP (ntk_lab.kernels.analytic) and the closed-form duals (ntk_lab.activations).
+"""Θ_∞ and the NNGP (ntk_lab.kernels.analytic) and the closed-form duals (ntk_lab.layers.activations).
 
 Checks, from strongest to broadest:
 (a) neural-tangents 0.6.5 float64 reference values (the whole shared file, and a few copied here);
@@ -71,7 +71,8 @@ def random_inputs(n: int, d: int, seed: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- (a) reference
-# Copied from ../shared/reference/nt_kernels.json so this runs where that folder is absent:
+# Reference values computed with neural-tangents 0.6.5 in float64 (copied here so the test is
+# self-contained):
 # (activation, depth, W_std, b_std) on circle16, entries (0,0), (0,1), (0,5), (0,7), (3,6).
 EMBEDDED_REFERENCE = [
     ("relu", 3, 1.5, 0.1,
@@ -330,7 +331,7 @@ def mc_tolerance(se, depth, width, reference):
 
 def sample_ntks(x, act, depth, w_std, b_std, width, n_nets, parameterization="ntk"):
     thetas = torch.stack([
-        empirical_ntk(MLP(x.shape[1], width, depth, 1, act, parameterization, w_std, b_std,
+        empirical_ntk(MLP(x.shape[1], width, depth, out_dim=1, activation=act, parameterization=parameterization, w_std=w_std, b_std=b_std,
                           seed=1000 + s, dtype=F64), x, method="structured", mode="trace")
         for s in range(n_nets)])
     return thetas.mean(0), thetas.std(0) / math.sqrt(n_nets)
@@ -366,7 +367,7 @@ def test_output_covariance_converges_to_nngp(act, depth, w_std, b_std, width):
     samples = []
     with torch.no_grad():
         for s in range(96):
-            f = MLP(3, width, depth, 256, act, "ntk", w_std, b_std, seed=2000 + s, dtype=F64)(x)
+            f = MLP(3, width, depth, out_dim=256, activation=act, parameterization="ntk", w_std=w_std, b_std=b_std, seed=2000 + s, dtype=F64)(x)
             samples.append(f @ f.T / f.shape[1])
     samples = torch.stack(samples)
     mean, se = samples.mean(0), samples.std(0) / math.sqrt(samples.shape[0])

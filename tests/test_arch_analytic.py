@@ -1,4 +1,4 @@
-"""Θ_∞ and NNGP_∞ of conv nets and residual MLPs by composed layer maps (issue 10).
+"""Θ_∞ and NNGP_∞ of conv nets and residual MLPs by composed layer maps.
 
 Checks, from strongest to broadest:
 (a) neural-tangents 0.6.5 float64 reference values (copied into tests/data; the shared file
@@ -60,11 +60,11 @@ def rel_fro(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def build(case: dict, x: torch.Tensor) -> nn.Module:
     if case["arch"] == "cnn":
-        return CNN(x.shape[1], 4, case["depth"], 1, case["activation"], case["parameterization"],
-                   case["w_std"], case["b_std"], case["kernel_size"], case["padding"], case["readout"],
+        return CNN(x.shape[1], 4, case["depth"], out_dim=1, activation=case["activation"], parameterization=case["parameterization"],
+                   w_std=case["w_std"], b_std=case["b_std"], kernel_size=case["kernel_size"], padding=case["padding"], readout=case["readout"],
                    spatial_shape=x.shape[2:])
-    return ResMLP(x.shape[1], 4, case["depth"], 1, case["activation"], case["parameterization"],
-                  case["w_std"], case["b_std"], case["branch_scale"])
+    return ResMLP(x.shape[1], 4, case["depth"], out_dim=1, activation=case["activation"], parameterization=case["parameterization"],
+                  w_std=case["w_std"], b_std=case["b_std"], branch_scale=case["branch_scale"])
 
 
 def check_cases(cases, inputs_of) -> None:
@@ -145,7 +145,7 @@ def numpy_cnn_kernels(x: np.ndarray, act: str, depth: int, w_std: float, b_std: 
 ])
 def test_cnn_against_an_independent_numpy_implementation(act, padding, readout, k):
     x = torch.randn(3, 2, 4, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
-    model = CNN(2, 4, 2, 1, act, "ntk", 1.3, 0.2, k, padding, readout, spatial_shape=(4, 3))
+    model = CNN(2, 4, 2, out_dim=1, activation=act, parameterization="ntk", w_std=1.3, b_std=0.2, kernel_size=k, padding=padding, readout=readout, spatial_shape=(4, 3))
     nngp, ntk = infinite_width_kernels(x, model=model)
     want_nngp, want_ntk = numpy_cnn_kernels(x.numpy(), act, 2, 1.3, 0.2, k, padding, readout)
     assert rel_fro(nngp, torch.from_numpy(want_nngp)) < INDEPENDENT_RTOL[act]
@@ -159,7 +159,7 @@ def test_composed_mlp_equals_the_keyword_form(act):
     x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
     x2 = torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
     for parameterization in PARAMETERIZATIONS:
-        net = MLP(3, 16, 3, 1, act, parameterization, 1.3, 0.2)
+        net = MLP(3, 16, 3, out_dim=1, activation=act, parameterization=parameterization, w_std=1.3, b_std=0.2)
         got = infinite_width_kernels(x, x2, model=net)
         want = infinite_width_kernels(x, x2, activation=act, depth=3, w_std=1.3, b_std=0.2,
                                       parameterization=parameterization, width=16)
@@ -170,10 +170,10 @@ def test_composed_mlp_equals_the_keyword_form(act):
 
 # --------------------------------------------------------------------------- (d) one code path
 @pytest.mark.parametrize("make,x", [
-    (lambda a: CNN(2, 4, 2, 1, a, "ntk", 1.2, 0.1), torch.randn(3, 2, 4, 4, dtype=F64)),
-    (lambda a: CNN(2, 4, 2, 1, a, "ntk", 1.2, 0.1, readout="flatten", padding="circular",
+    (lambda a: CNN(2, 4, 2, out_dim=1, activation=a, parameterization="ntk", w_std=1.2, b_std=0.1), torch.randn(3, 2, 4, 4, dtype=F64)),
+    (lambda a: CNN(2, 4, 2, out_dim=1, activation=a, parameterization="ntk", w_std=1.2, b_std=0.1, readout="flatten", padding="circular",
                    spatial_shape=(4, 4)), torch.randn(3, 2, 4, 4, dtype=F64)),
-    (lambda a: ResMLP(3, 4, 2, 1, a, "ntk", 1.2, 0.1, 0.7), torch.randn(4, 3, dtype=F64)),
+    (lambda a: ResMLP(3, 4, 2, out_dim=1, activation=a, parameterization="ntk", w_std=1.2, b_std=0.1, branch_scale=0.7), torch.randn(4, 3, dtype=F64)),
 ])
 def test_series_path_matches_the_closed_form_inside_conv_and_residual_nets(make, x):
     """erf without its dual goes through the Hermite series (the path of tanh, gelu, …)."""
@@ -189,7 +189,7 @@ def test_series_path_matches_the_closed_form_inside_conv_and_residual_nets(make,
 def test_every_activation_gives_finite_symmetric_psd_kernels_for_a_cnn(act):
     x = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=F64)
     x = torch.cat([x, torch.zeros(1, 1, 4, 4, dtype=F64)])  # a zero image: zero variances
-    nngp, ntk = infinite_width_kernels(x, model=CNN(1, 4, 2, 1, act, "ntk", 1.1, 0.0))
+    nngp, ntk = infinite_width_kernels(x, model=CNN(1, 4, 2, out_dim=1, activation=act, parameterization="ntk", w_std=1.1, b_std=0.0))
     for k in (nngp, ntk):
         assert torch.isfinite(k).all() and torch.equal(k, k.T)
         assert torch.linalg.eigvalsh(k).min() > -1e-10 * k.abs().max()
@@ -219,11 +219,11 @@ def test_mean_empirical_ntk_converges_to_theta_inf(kind, act, depth, width, n_ne
     g = torch.Generator().manual_seed(5)
     if kind == "cnn":
         x = torch.randn(3, 1, 4, 4, generator=g, dtype=F64)
-        make = lambda s: CNN(1, width, depth, 1, act, "ntk", 1.4, 0.3, spatial_shape=(4, 4),  # noqa: E731
+        make = lambda s: CNN(1, width, depth, out_dim=1, activation=act, parameterization="ntk", w_std=1.4, b_std=0.3, spatial_shape=(4, 4),  # noqa: E731
                              seed=s, dtype=F64, **settings)
     else:
         x = torch.randn(4, 3, generator=g, dtype=F64)
-        make = lambda s: ResMLP(3, width, depth, 1, act, "ntk", 1.4, 0.3, seed=s, dtype=F64, **settings)  # noqa: E731
+        make = lambda s: ResMLP(3, width, depth, out_dim=1, activation=act, parameterization="ntk", w_std=1.4, b_std=0.3, seed=s, dtype=F64, **settings)  # noqa: E731
     _, theta_inf = infinite_width_kernels(x, model=make(0))
     mc_check([make(1000 + s) for s in range(n_nets)], x, theta_inf, depth, width)
 
@@ -233,7 +233,7 @@ def test_standard_parameterization_cnn_mean_ntk():
     """Depth 1 has no finite-width bias: E[Θ] of finite ``standard`` CNNs equals Θ_∞
     (g_w = fan_in = C_in·k², g_b = 1 in the conv and the readout)."""
     x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(6), dtype=F64)
-    make = lambda s: CNN(2, 32, 1, 1, "relu", "standard", 1.3, 0.2, seed=s, dtype=F64)  # noqa: E731
+    make = lambda s: CNN(2, 32, 1, out_dim=1, activation="relu", parameterization="standard", w_std=1.3, b_std=0.2, seed=s, dtype=F64)  # noqa: E731
     _, theta_inf = infinite_width_kernels(x, model=make(0))
     mc_check([make(2000 + s) for s in range(48)], x, theta_inf, 1, 32)
 
@@ -242,7 +242,7 @@ def test_standard_parameterization_cnn_mean_ntk():
 def test_tiles_symmetry_and_budget_change_nothing():
     x1 = torch.randn(7, 2, 5, 4, generator=torch.Generator().manual_seed(7), dtype=F64)
     x2 = torch.randn(4, 2, 5, 4, generator=torch.Generator().manual_seed(8), dtype=F64)
-    model = CNN(2, 3, 2, 1, "relu", "ntk", 1.2, 0.1)
+    model = CNN(2, 3, 2, out_dim=1, activation="relu", parameterization="ntk", w_std=1.2, b_std=0.1)
     layers = model.kernel_layers()
     whole = composed_kernels(layers, torch.cat([x1, x2]), tile_bytes=1 << 30)
     for tile in (8 * 400, 3 * 8 * 400, 1 << 30):  # one input pair, a few, everything
@@ -256,7 +256,7 @@ def test_tiles_symmetry_and_budget_change_nothing():
 
 def test_flatten_on_the_full_state_equals_the_same_position_state():
     x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(9), dtype=F64)
-    model = CNN(2, 3, 2, 1, "erf", "ntk", 1.2, 0.1, readout="flatten", spatial_shape=(4, 4))
+    model = CNN(2, 3, 2, out_dim=1, activation="erf", parameterization="ntk", w_std=1.2, b_std=0.1, readout="flatten", spatial_shape=(4, 4))
     layers = model.kernel_layers()
     lean = composed_kernels(layers, x)
     full_state = KernelState.from_inputs(x, x, full=True)
@@ -269,7 +269,7 @@ def test_flatten_on_the_full_state_equals_the_same_position_state():
 # --------------------------------------------------------------------------- (g) errors
 def test_argument_errors():
     x = torch.randn(2, 1, 4, 4, dtype=F64)
-    cnn = CNN(1, 2, 1, 1)
+    cnn = CNN(1, 2, 1, out_dim=1)
     with pytest.raises(ValueError, match="not both"):
         infinite_width_kernels(x, model=cnn, activation="relu", depth=1)
     with pytest.raises(ValueError, match="activation= and depth="):

@@ -1,4 +1,4 @@
-"""Empirical NTK of conv nets, residual nets and user modules (issue 10): every method against
+"""Empirical NTK of conv nets, residual nets and user modules: every method against
 an explicit per-sample-gradient Gram matrix in float64 (torch.autograd.grad, one sample and
 one output at a time), biases on and off, out_dim 1 and 3, x1 ≠ x2; both forms of the conv
 factorization; per-layer kernels; Jacobian change; the ``auto`` choice."""
@@ -60,20 +60,20 @@ def _grid(values, fast):
 @pytest.mark.parametrize("padding,readout,b_std,out_dim", _grid(
     (("same", "circular"), ("gap", "flatten"), (0.0, 0.3), (1, 3)), _FAST_CNN))
 def test_cnn_every_method_equals_explicit_gram(padding, readout, b_std, out_dim):
-    model = CNN(2, 3, 2, out_dim, "tanh", "ntk", 1.3, b_std, padding=padding, readout=readout,
+    model = CNN(2, 3, 2, out_dim=out_dim, activation="tanh", parameterization="ntk", w_std=1.3, b_std=b_std, padding=padding, readout=readout,
                 spatial_shape=(4, 3), seed=0, dtype=F64)
     assert_every_method_matches(model, images(3, 1, (2, 4, 3)), images(2, 2, (2, 4, 3)))
 
 
 @pytest.mark.parametrize("parameterization,activation", [("standard", "relu"), ("mup", "gelu")])
 def test_cnn_other_parameterizations(parameterization, activation):
-    model = CNN(1, 3, 2, 2, activation, parameterization, 1.2, 0.2, kernel_size=1, seed=3, dtype=F64)
+    model = CNN(1, 3, 2, out_dim=2, activation=activation, parameterization=parameterization, w_std=1.2, b_std=0.2, kernel_size=1, seed=3, dtype=F64)
     assert_every_method_matches(model, images(3, 1, (1, 4, 4)), images(2, 2, (1, 4, 4)))
 
 
 @pytest.mark.parametrize("b_std,out_dim,branch_scale", _grid(((0.0, 0.3), (1, 3), (1.0, 0.5)), _FAST_RESMLP))
 def test_resmlp_every_method_equals_explicit_gram(b_std, out_dim, branch_scale):
-    model = ResMLP(3, 5, 2, out_dim, "erf", "ntk", 1.4, b_std, branch_scale, seed=0, dtype=F64)
+    model = ResMLP(3, 5, 2, out_dim=out_dim, activation="erf", parameterization="ntk", w_std=1.4, b_std=b_std, branch_scale=branch_scale, seed=0, dtype=F64)
     assert_every_method_matches(model, vectors(4, 1), vectors(3, 2))
 
 
@@ -115,7 +115,7 @@ def test_torch_layers_every_method_and_structured_parts():
 
 
 def test_frozen_bias_is_left_out():
-    model = CNN(2, 3, 1, 2, "relu", b_std=0.5, seed=1, dtype=F64)
+    model = CNN(2, 3, 1, out_dim=2, activation="relu", b_std=0.5, seed=1, dtype=F64)
     model.layers[0].bias.requires_grad_(False)
     assert_every_method_matches(model, images(3, 1), images(2, 2))
 
@@ -126,7 +126,7 @@ def test_conv_gram_and_explicit_forms_agree(mode):
     numbers, also with x2 = x1 (J formed once). The explicit form reads the patches lazily —
     all kernel offsets gathered at once (large budget), or one offset at a time and J formed
     for one feature of it (a 256-byte budget); the Gram form reads them materialized."""
-    model = CNN(2, 4, 2, 3, "relu", b_std=0.4, seed=2, dtype=F64)
+    model = CNN(2, 4, 2, out_dim=3, activation="relu", b_std=0.4, seed=2, dtype=F64)
     layers = structured_layers(model)
     f1 = capture_factors(model, images(4, 1), layers)
     f2 = capture_factors(model, images(3, 2), layers)
@@ -151,7 +151,7 @@ def test_symmetric_strips_of_the_explicit_form(strip_rows, monkeypatch):
     import ntk_lab.kernels.structured_contraction as contraction
 
     monkeypatch.setattr(contraction, "SYMMETRIC_STRIP_ROWS", strip_rows)
-    model = CNN(2, 4, 2, 1, "relu", b_std=0.4, seed=2, dtype=F64)
+    model = CNN(2, 4, 2, out_dim=1, activation="relu", b_std=0.4, seed=2, dtype=F64)
     layers = structured_layers(model)
     x = images(70, 3)
     a, b = capture_factors(model, x, layers)[1], capture_factors(model, x, layers)[1]
@@ -161,8 +161,8 @@ def test_symmetric_strips_of_the_explicit_form(strip_rows, monkeypatch):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: CNN(2, 3, 2, 2, "relu", b_std=0.2, seed=0, dtype=F64),
-    lambda: ResMLP(2, 4, 2, 2, "tanh", b_std=0.2, seed=0, dtype=F64),
+    lambda: CNN(2, 3, 2, out_dim=2, activation="relu", b_std=0.2, seed=0, dtype=F64),
+    lambda: ResMLP(2, 4, 2, out_dim=2, activation="tanh", b_std=0.2, seed=0, dtype=F64),
 ])
 def test_chunking_under_a_tiny_budget_changes_nothing(make):
     model = make()
@@ -192,9 +192,9 @@ def explicit_layer_ntk(model: nn.Module, names: list[str], x1: torch.Tensor, x2:
 
 
 @pytest.mark.parametrize("make,inputs", [
-    (lambda: CNN(2, 3, 2, 3, "relu", b_std=0.2, seed=0, dtype=F64), images),
-    (lambda: ResMLP(3, 4, 2, 3, "erf", b_std=0.2, seed=0, dtype=F64), vectors),
-    (lambda: ScaledOutput(MLP(3, 4, 2, 2, b_std=0.1, seed=0, dtype=F64), 2.0, True), vectors),
+    (lambda: CNN(2, 3, 2, out_dim=3, activation="relu", b_std=0.2, seed=0, dtype=F64), images),
+    (lambda: ResMLP(3, 4, 2, out_dim=3, activation="erf", b_std=0.2, seed=0, dtype=F64), vectors),
+    (lambda: ScaledOutput(MLP(3, 4, 2, out_dim=2, b_std=0.1, seed=0, dtype=F64), 2.0, True), vectors),
     (lambda: TorchLayersNet().double().eval(), lambda n, s: images(n, s, (2, 5, 4))),
 ])
 def test_per_layer_kernels(make, inputs):
@@ -213,7 +213,7 @@ def test_per_layer_kernels(make, inputs):
 
 
 def test_parameter_layers_of_the_built_in_networks():
-    cnn = CNN(1, 4, 3, 2, seed=0)
+    cnn = CNN(1, 4, 3, out_dim=2, seed=0)
     assert parameter_layers(cnn) == [[f"layers.{i}.weight", f"layers.{i}.bias"] for i in (0, 2, 4, 7)]
     res = ResMLP(3, 4, 2, seed=0)
     assert parameter_layers(res) == [["layers.0.weight", "layers.0.bias"],
@@ -225,8 +225,8 @@ def test_parameter_layers_of_the_built_in_networks():
 
 
 @pytest.mark.parametrize("make,inputs", [
-    (lambda: CNN(2, 3, 2, 2, "tanh", b_std=0.2, seed=0, dtype=F64), images),
-    (lambda: ResMLP(3, 4, 2, 2, "relu", b_std=0.2, seed=0, dtype=F64), vectors),
+    (lambda: CNN(2, 3, 2, out_dim=2, activation="tanh", b_std=0.2, seed=0, dtype=F64), images),
+    (lambda: ResMLP(3, 4, 2, out_dim=2, activation="relu", b_std=0.2, seed=0, dtype=F64), vectors),
     (lambda: TorchLayersNet().double().eval(), lambda n, s: images(n, s, (2, 5, 4))),
 ])
 def test_jacobian_change_against_explicit_gradients(make, inputs):
@@ -252,7 +252,7 @@ def test_jacobian_change_against_explicit_gradients(make, inputs):
 
 
 def test_auto_picks_structured_for_a_wide_cnn_and_a_general_method_without_known_layers():
-    cnn = CNN(1, 64, 3, 1, seed=0)
+    cnn = CNN(1, 64, 3, out_dim=1, seed=0)
     x = torch.randn(16, 1, 8, 8)
     assert resolve_method(cnn, x, None, "auto") == "structured"
 
@@ -268,9 +268,9 @@ def test_auto_picks_structured_for_a_wide_cnn_and_a_general_method_without_known
 
 
 @pytest.mark.parametrize("make", [
-    lambda p: CNN(2, 32, 2, 2, "relu", p, 1.2, 0.3, seed=5, dtype=F64),
-    lambda p: CNN(2, 32, 2, 2, "relu", p, 1.2, 0.3, readout="flatten", spatial_shape=(5, 4), seed=5, dtype=F64),
-    lambda p: ResMLP(3, 64, 2, 2, "relu", p, 1.2, 0.3, 0.5, seed=5, dtype=F64),
+    lambda p: CNN(2, 32, 2, out_dim=2, activation="relu", parameterization=p, w_std=1.2, b_std=0.3, seed=5, dtype=F64),
+    lambda p: CNN(2, 32, 2, out_dim=2, activation="relu", parameterization=p, w_std=1.2, b_std=0.3, readout="flatten", spatial_shape=(5, 4), seed=5, dtype=F64),
+    lambda p: ResMLP(3, 64, 2, out_dim=2, activation="relu", parameterization=p, w_std=1.2, b_std=0.3, branch_scale=0.5, seed=5, dtype=F64),
 ])
 def test_mup_at_init_is_the_ntk_network_with_its_output_divided_by_sqrt_width(make):
     """Channels count as width: with the same draws, f_μP = f_NTK/√n and Θ_μP = Θ_NTK, so the

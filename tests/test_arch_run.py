@@ -1,4 +1,4 @@
-"""Conv, residual and custom networks in real runs (issue 10): the three networks and the
+"""Conv, residual and custom networks in real runs: the three networks and the
 worked example custom module end to end in one subprocess sweep, the config knobs, and each
 bad input's one-line error."""
 
@@ -121,7 +121,7 @@ def test_every_network_with_every_metric_and_the_analysis(workdir):
     assert runs["resmlp"][1]["branch_scale"] == 1.0
     # per-layer param_change: one column per parameterized layer (weight and bias together)
     cnn_columns = [c for c in pd.read_csv(runs["cnn"][0] / "metrics.csv") if c.startswith("param_change_layer")]
-    assert len(cnn_columns) == len(parameter_layers(CNN(1, 8, 2, 10))) == 3
+    assert len(cnn_columns) == len(parameter_layers(CNN(1, 8, 2, out_dim=10))) == 3
     assert (sweep / "analysis" / "report.md").is_file()
 
 

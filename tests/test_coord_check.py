@@ -25,7 +25,7 @@ SLOPE_ATOL = 1e-9
 
 
 def hand_activations(params: list[tuple[torch.Tensor, torch.Tensor]], scales, x):
-    """φ(z¹) … φ(z^depth), f of an MLP (relu) from explicit weights: DESIGN.md §2 by hand."""
+    """φ(z¹) … φ(z^depth), f of an MLP (relu) from explicit weights: docs/conventions.md by hand."""
     out, h = [], x
     for i, ((w, b), (m_w, m_b)) in enumerate(zip(params, scales)):
         z = m_w * h @ w.T + m_b * b

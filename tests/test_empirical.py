@@ -61,7 +61,7 @@ CASES = list(itertools.product(sorted(ACTIVATIONS), PARAMETERIZATIONS, (0.0, 0.3
 @pytest.mark.parametrize("activation,parameterization,b_std,out_dim", CASES)
 def test_every_method_equals_explicit_gram(activation, parameterization, b_std, out_dim):
     torch.manual_seed(0)
-    model = MLP(3, 7, 2, out_dim, activation, parameterization, w_std=1.4, b_std=b_std,
+    model = MLP(3, 7, 2, out_dim=out_dim, activation=activation, parameterization=parameterization, w_std=1.4, b_std=b_std,
                 seed=1, dtype=torch.float64)
     x1 = torch.randn(4, 3, dtype=torch.float64)
     x2 = torch.randn(3, 3, dtype=torch.float64)
@@ -76,7 +76,7 @@ def test_every_method_equals_explicit_gram(activation, parameterization, b_std, 
 
 
 def test_trace_mode_is_the_mean_over_outputs_not_the_sum():
-    """neural-tangents' trace_axes=(-1,) convention (DESIGN.md §2) divides by out_dim."""
+    """neural-tangents' trace_axes=(-1,) convention (docs/conventions.md) divides by out_dim."""
     model = MLP(2, 5, 1, out_dim=4, seed=0, dtype=torch.float64)
     x = torch.randn(3, 2, dtype=torch.float64)
     full = empirical_ntk(model, x, method="jacrev", mode="full")
@@ -110,7 +110,7 @@ class SmallConvNet(nn.Module):
 
 
 def test_non_mlp_module_through_every_method():
-    """torch.nn.Conv2d and Linear have structured factors since issue 10 (tests/test_arch_*)."""
+    """torch.nn.Conv2d and Linear have structured factors (tests/test_arch_*)."""
     torch.manual_seed(0)
     model = SmallConvNet().double()
     x1, x2 = torch.randn(3, 1, 6, 6, dtype=torch.float64), torch.randn(2, 1, 6, 6, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Kernel flow (ntk_lab.kernels.flow): against the MSE closed form, against the discrete
+"""Kernel flow (ntk_lab.dynamics.kernel_flow): against the MSE closed form, against the discrete
 gradient-descent and heavy-ball recursions of the kernel model (convergence order in the step),
 and against tiny wide networks trained in float64 with cross-entropy."""
 
@@ -115,7 +115,7 @@ def _train_network(width, x, y, n, lr, steps, momentum, seed=1):
 
 
 def _train(width, x, y, n, lr, steps, momentum, seed):
-    net = MLP(x.shape[1], width, 1, y.shape[1], "relu", "ntk", 1.0, 0.1, seed=seed,
+    net = MLP(x.shape[1], width, 1, out_dim=y.shape[1], activation="relu", parameterization="ntk", w_std=1.0, b_std=0.1, seed=seed,
               dtype=torch.float64)
     with torch.no_grad():
         f0 = net(x)

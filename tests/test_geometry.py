@@ -149,7 +149,7 @@ def test_conjugate_kernel_and_trace_shares_by_hand():
 
 
 def hand_forward(net: MLP, x: torch.Tensor) -> list[torch.Tensor]:
-    """h¹ … h^depth and f of an MLP, from its weights and DESIGN.md §2 by hand (relu)."""
+    """h¹ … h^depth and f of an MLP, from its weights and docs/conventions.md by hand (relu)."""
     out, h = [], x
     for i, layer in enumerate(net.layers):
         z = layer.weight_multiplier * h @ layer.weight.T + layer.bias_multiplier * layer.bias
@@ -213,7 +213,7 @@ def test_per_layer_kernels_sum_to_theta(parameterization):
     theta = empirical_ntk(net, x, method="jacrev", mode="trace")
     assert layers.shape == (4, 5, 5)
     assert ((layers.sum(0) - theta).norm() / theta.norm()).item() < LAYER_SUM_REL_TOL
-    try:  # the structured per-layer NTK of issue 10 (COMMON.md contract), once it exists
+    try:  # the structured per-layer NTK
         from ntk_lab.kernels import empirical_ntk_layers
     except ImportError:
         return

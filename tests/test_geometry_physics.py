@@ -1,4 +1,4 @@
-"""The predictions of issue 12, measured by reduced versions of its studies (slow: minutes on
+"""The kernel-geometry predictions, measured by reduced versions of its studies (slow: minutes on
 a 2-core CPU; ``python -m pytest -m slow``)."""
 
 from __future__ import annotations

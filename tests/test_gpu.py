@@ -24,22 +24,22 @@ def rel_err(a, b):
 
 @pytest.mark.parametrize("method", ["structured", "jacrev", "ntvp"])
 def test_cuda_kernels_match_cpu_float64(method):
-    cpu = MLP(5, 256, 3, 2, "relu", b_std=0.1, seed=0, dtype=torch.float64)
+    cpu = MLP(5, 256, 3, out_dim=2, activation="relu", b_std=0.1, seed=0, dtype=torch.float64)
     x = torch.randn(16, 5, dtype=torch.float64)
     reference = empirical_ntk(cpu, x, method="structured", mode="full")
-    gpu64 = MLP(5, 256, 3, 2, "relu", b_std=0.1, seed=0, dtype=torch.float64, device="cuda")
+    gpu64 = MLP(5, 256, 3, out_dim=2, activation="relu", b_std=0.1, seed=0, dtype=torch.float64, device="cuda")
     assert rel_err(empirical_ntk(gpu64, x.cuda(), method=method, mode="full"), reference) < FLOAT64_REL_TOL
-    gpu32 = MLP(5, 256, 3, 2, "relu", b_std=0.1, seed=0, device="cuda")
+    gpu32 = MLP(5, 256, 3, out_dim=2, activation="relu", b_std=0.1, seed=0, device="cuda")
     theta = empirical_ntk(gpu32, x.float().cuda(), method=method, mode="full")
     assert theta.device.type == "cuda"
     assert rel_err(theta, reference) < FLOAT32_REL_TOL
 
 
 @pytest.mark.parametrize("make", [
-    lambda **kw: CNN(2, 16, 2, 3, "relu", b_std=0.2, seed=0, **kw),                  # GAP
-    lambda **kw: CNN(2, 16, 2, 3, "erf", padding="circular", readout="flatten",
+    lambda **kw: CNN(2, 16, 2, out_dim=3, activation="relu", b_std=0.2, seed=0, **kw),                  # GAP
+    lambda **kw: CNN(2, 16, 2, out_dim=3, activation="erf", padding="circular", readout="flatten",
                      spatial_shape=(6, 5), seed=0, **kw),
-    lambda **kw: ResMLP(5, 32, 3, 2, "tanh", b_std=0.1, seed=0, **kw),
+    lambda **kw: ResMLP(5, 32, 3, out_dim=2, activation="tanh", b_std=0.1, seed=0, **kw),
 ], ids=["cnn-gap", "cnn-flatten-circular", "resmlp"])
 def test_cuda_conv_and_residual_kernels_match_cpu_float64(make):
     """The structured conv NTK (lazily gathered patches, feature blocks, symmetric strips at

@@ -180,8 +180,8 @@ def test_mup_at_init_is_the_ntk_network_with_its_output_divided_by_sqrt_width():
     """Same seed, same standard-normal draws: f_μP = f_NTK/√n, and Θ_μP = Θ_NTK exactly, so
     both share Θ_∞ (models.layer_scales)."""
     width = 128
-    ntk = MLP(3, width, 2, 2, "relu", "ntk", 1.2, 0.3, seed=5, dtype=F64)
-    mup = MLP(3, width, 2, 2, "relu", "mup", 1.2, 0.3, seed=5, dtype=F64)
+    ntk = MLP(3, width, 2, out_dim=2, activation="relu", parameterization="ntk", w_std=1.2, b_std=0.3, seed=5, dtype=F64)
+    mup = MLP(3, width, 2, out_dim=2, activation="relu", parameterization="mup", w_std=1.2, b_std=0.3, seed=5, dtype=F64)
     x = torch.randn(6, 3, dtype=F64)
     # Parameters are drawn in float32 (identical on every device) and scaled before the cast,
     # so the two networks' effective weights agree to float32 rounding, ~1e-7 relative.
@@ -195,7 +195,7 @@ def test_mup_at_init_is_the_ntk_network_with_its_output_divided_by_sqrt_width():
 def _hidden_change_per_coordinate(parameterization: str, width: int) -> float:
     """RMS change of the last hidden layer's activations after 5 GD steps (a coord check)."""
     data = make_dataset("circle", n_train=8, n_test=8, n_probe=4, seed=0).to(F64, "cpu")
-    net = MLP(2, width, 2, 1, "relu", parameterization, 1.0, 0.1, seed=0, dtype=F64)
+    net = MLP(2, width, 2, out_dim=1, activation="relu", parameterization=parameterization, w_std=1.0, b_std=0.1, seed=0, dtype=F64)
 
     def hidden(x):
         h = x
@@ -232,7 +232,7 @@ def test_output_scale_alpha_makes_the_kernel_move_like_one_over_alpha():
 
     def final_kappa(alpha):
         # tanh: smooth, so κ is analytic in 1/α (ReLU's activation flips make small nets jumpy)
-        net = ScaledOutput(MLP(2, 64, 2, 1, "tanh", "ntk", 1.0, 0.1, seed=0, dtype=F64), alpha, True)
+        net = ScaledOutput(MLP(2, 64, 2, out_dim=1, activation="tanh", parameterization="ntk", w_std=1.0, b_std=0.1, seed=0, dtype=F64), alpha, True)
         theta_0 = empirical_ntk(net, data.x_probe)
         opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5)
         for _ in range(100):

@@ -86,10 +86,10 @@ def test_tracker_per_layer_kernels_of_conv_and_residual_nets(kind):
 
     torch.manual_seed(0)
     if kind == "cnn":
-        model = CNN(2, 6, 2, 3, "tanh", b_std=0.2, seed=1, dtype=torch.float64)
+        model = CNN(2, 6, 2, out_dim=3, activation="tanh", b_std=0.2, seed=1, dtype=torch.float64)
         x = torch.randn(5, 2, 5, 5, dtype=torch.float64)
     else:
-        model = ResMLP(3, 8, 2, 3, "tanh", b_std=0.2, branch_scale=0.7, seed=1, dtype=torch.float64)
+        model = ResMLP(3, 8, 2, out_dim=3, activation="tanh", b_std=0.2, branch_scale=0.7, seed=1, dtype=torch.float64)
         x = torch.randn(7, 3, dtype=torch.float64)
     tracker = ProbeKernelTracker(model, x, method="structured", layers=True)
     assert tracker.fused
@@ -103,7 +103,7 @@ def test_tracker_per_layer_kernels_of_conv_and_residual_nets(kind):
 
 
 class _Bilinear(nn.Module):
-    """Layers the structured factorization does not know (nn.Linear it does, since issue 10)."""
+    """Layers the structured factorization does not know (nn.Linear it does)."""
 
     def __init__(self):
         super().__init__()

@@ -1,6 +1,6 @@
 """TensorBoard and MLflow loggers, read back with their own readers.
 
-Real runs (tiny, in-process through :func:`ntk_lab.build.run_experiment`) write to a real
+Real runs (tiny, in-process through :func:`ntk_lab.experiment.run_experiment`) write to a real
 TensorBoard event file and a real MLflow SQLite store; the tests then read those back with
 TensorBoard's EventAccumulator and the MLflow client and compare them with the run folder
 the same run wrote (metrics.csv, summary.json, plots/), which is the independent record.

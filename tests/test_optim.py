@@ -76,7 +76,7 @@ def test_adam_first_two_steps_by_hand():
 
 def test_mup_adam_learning_rates_follow_table_3():
     width, lr = 64, 0.1
-    net = MLP(5, width, 2, 3, "relu", "mup", 1.0, 0.1, seed=0)
+    net = MLP(5, width, 2, out_dim=3, activation="relu", parameterization="mup", w_std=1.0, b_std=0.1, seed=0)
     groups = parameter_groups(net, OptimizerSettings("adam", lr=lr), "mup")
     rate = {id(p): g["lr"] for g in groups for p in g["params"]}
     n = width
@@ -96,7 +96,7 @@ def test_mup_adam_learning_rates_follow_table_3():
 def test_mup_adam_moves_each_layer_by_its_rate():
     """Adam's first step moves every entry by η_group·g/(|g| + ε) ≈ η_group·sign(g)."""
     width, lr = 256, 0.1
-    net = MLP(4, width, 2, 2, "relu", "mup", 1.0, 0.1, seed=0, dtype=torch.float64)
+    net = MLP(4, width, 2, out_dim=2, activation="relu", parameterization="mup", w_std=1.0, b_std=0.1, seed=0, dtype=torch.float64)
     before = {k: v.detach().clone() for k, v in net.named_parameters()}
     opt = build_optimizer(net, OptimizerSettings("adam", lr=lr, eps=1e-30), "mup")
     x = torch.randn(8, 4, dtype=torch.float64)

@@ -1,7 +1,7 @@
 """The published behaviour, measured by real preset sweeps (slow: minutes on a 2-core CPU).
 
 Run with ``python -m pytest -m slow``. Each test runs a preset into a temporary folder and
-checks the fitted exponents of its ``analysis/fits.csv`` against DESIGN.md §2.
+checks the fitted exponents of its ``analysis/fits.csv`` against docs/conventions.md.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def fit(fits: pd.DataFrame, metric: str, **group) -> pd.Series:
 def test_width_sweep_cpu_ntk_err_inf_falls_like_inverse_sqrt_width_and_kappa_falls(workdir):
     fits = run_preset(workdir, "width_sweep_cpu")
     err = fit(fits, "ntk_err_inf")
-    assert -0.65 <= err["slope"] <= -0.35  # theory −0.5 (issue 5 target)
+    assert -0.65 <= err["slope"] <= -0.35  # theory −0.5 (Jacot-style fluctuation of a sum of n terms)
     kappa = fit(fits, "kappa")
     assert kappa["slope"] < 0 and kappa["ci_high"] < 0  # the interval excludes 0
 

@@ -35,9 +35,9 @@ def main() -> None:
     print(f"| net | β | depth | λ_max/N | lr·λ_max/N (lr {LR}) | λ_max/λ_min | mean corr | min corr |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for depth in DEPTHS:
-        nets = [("mlp", "—", MLP(8, WIDTH, depth, 1, "relu", "ntk", W_STD, B_STD, dtype=torch.float64))]
+        nets = [("mlp", "—", MLP(8, WIDTH, depth, 1,out_dim= "ractivation=elu", "nparameterization=tk", W_w_std=STD, B_b_std=STD, dtype=torch.float64))]
         for name, beta in (("1", 1.0), ("0.25", 0.25), ("1/√depth", 1 / math.sqrt(depth))):
-            nets.append(("resmlp", name, ResMLP(8, WIDTH, depth, 1, "relu", "ntk", W_STD, B_STD, beta,
+            nets.append(("resmlp", name, ResMLP(8, WIDTH, depth, out_dim=1, activation="relu", parameterization="ntk", w_std=W_STD, b_std=B_STD, branch_scale=beta,
                                                 dtype=torch.float64)))
         for net, beta, model in nets:
             _, ntk = infinite_width_kernels(x, model=model)

@@ -1,6 +1,6 @@
 """Collect the run folders under a sweep root into one tidy pandas table.
 
-Runs are read only through :mod:`ntk_lab.records` (DESIGN.md §3): ``find_runs`` finds the
+Runs are read only through :mod:`ntk_lab.records` (docs/architecture.md): ``find_runs`` finds the
 folders and ``read_run`` parses them without raising. This module adds what the analysis
 needs on top: numeric metric columns, the run's config on every checkpoint row, and which
 config knobs the sweep varied.
@@ -28,7 +28,7 @@ STATUS_INCOMPLETE = "incomplete"
 # summary.json keys that describe how the run went rather than what it was.
 RUN_INFO_COLUMNS = ("diverged_step", "wall_time_s", "message", "last_step", "user_error")
 
-# The resolved config keys, in the order the tables show them (DESIGN.md §5); other flat
+# The resolved config keys, in the order the tables show them (docs/conventions.md, *Output files*); other flat
 # summary keys follow, sorted.
 CONFIG_ORDER = (
     "width", "depth", "lr", "seed", "activation", "parameterization", "w_std", "b_std",
@@ -41,7 +41,7 @@ NUMERIC_CONFIG = (
 )
 
 # Config columns never used to group runs: width is the x axis, seeds are replicates, and
-# the NTK method and device change no number (every method returns the same kernel, §6).
+# the NTK method and device change no number (every method returns the same kernel).
 NOT_GROUP_KEYS = ("width", "seed", "ntk_method", "device")
 
 # A missing config value means "not recorded" (an older run), not a setting of its own —
@@ -316,7 +316,7 @@ def _with_run_columns(metrics: pd.DataFrame, info: Mapping[str, Any]) -> pd.Data
 
 
 def _metric_columns(frames: Sequence[pd.DataFrame]) -> list[str]:
-    """``step`` and DESIGN.md §5's columns first, per-layer columns by layer, the rest sorted."""
+    """``step`` and the fixed columns (docs/conventions.md, *Output files*) first, per-layer columns by layer, the rest sorted."""
     reserved = {"run_dir", "status", "problem", *RUN_INFO_COLUMNS}
     seen: set[str] = set()
     for frame in frames:

@@ -1,4 +1,4 @@
-"""Kernel gaps against depth/width (issue 10's ``resmlp_depth`` study).
+"""Kernel gaps against depth/width (the ``resmlp_depth`` study).
 
 At finite width the NTK's fluctuation at init and its drift during training grow with the
 ratio depth/width (Hanin & Nica 2019, "Finite depth and width corrections to the neural

@@ -1,6 +1,6 @@
 """Fit scaling exponents: log y = intercept + slope · log x, with a confidence interval.
 
-Which metrics are fitted (DESIGN.md §2, "Expected physics"):
+Which metrics are fitted (docs/conventions.md, *Expected physics*):
 
 - ``ntk_err_inf`` at step 0 against width (theory: slope −1/2);
 - ``kappa``, ``param_change``, ``jac_change``, every ``param_change_layer<l>`` and, when

@@ -1,4 +1,4 @@
-"""Scaling fits of the kernel-geometry columns (issue 12): which final metrics are fitted
+"""Scaling fits of the kernel-geometry columns: which final metrics are fitted
 against width, the derived columns they need, and what theory expects of them.
 
 Fitted at step 0: ``nngp_err_inf``, the conjugate kernel's distance to NNGP_∞ (theory: width^−1/2,

@@ -1,4 +1,4 @@
-"""Sweep figures of the kernel geometry (issue 12): alignment during training, the spectrum,
+"""Sweep figures of the kernel geometry: alignment during training, the spectrum,
 the top-k eigenspace overlap and the per-layer drift against width.
 
 Same conventions as :mod:`ntk_lab.analysis.plots`: each function takes the

@@ -52,7 +52,7 @@ class FigureSpec:
     needs: str
 
 
-# Captions state DESIGN.md §2's expectation; the figures show what was measured.
+# Captions state the expectation of docs/conventions.md; the figures show what was measured.
 FIGURES = (
     FigureSpec(
         "ntk_err_inf_vs_width.png", plot_ntk_err_inf_vs_width,
@@ -84,7 +84,7 @@ FIGURES = (
         "kappa_heatmap_depth_lr.png", plot_kappa_heatmap_depth_lr,
         "Final kernel drift at the largest width on the depth × learning-rate grid. Theory "
         "gives no single number here; the measured exponents depend on depth and training "
-        "length (DESIGN.md §2).",
+        "length (docs/conventions.md).",
         "≥ 2 depths or ≥ 2 learning rates"),
     FigureSpec(
         "kappa_vs_output_scale.png", plot_kappa_vs_output_scale,

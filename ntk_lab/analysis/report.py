@@ -2,7 +2,7 @@
 
 Plain markdown (no extra dependency): a reader sees at a glance which knobs were varied,
 how many runs finished, each scaling exponent with its confidence interval next to what
-DESIGN.md §2 expects, and every run that failed, diverged, was interrupted or is incomplete.
+docs/conventions.md expects, and every run that failed, diverged, was interrupted or is incomplete.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ FITS_EXPLANATION = (
     "per width, narrower than it should be with 2), *ols-t* is the least-squares "
     "standard error with Student's t, *none* means two points and no interval. "
     "*n_widths* counts distinct x values; the intercept in fits.csv is ln of the "
-    "prefactor. The theory column is DESIGN.md §2's expectation, shown for "
+    "prefactor. The theory column is the expectation of docs/conventions.md, shown for "
     "comparison — the fit does not assume it.")
 
 FIT_HEADER = ("metric", "step", "x", "group", "slope", "95% CI", "n_runs", "n_widths",
@@ -134,7 +134,7 @@ FIT_HEADER = ("metric", "step", "x", "group", "slope", "95% CI", "n_runs", "n_wi
 
 def fit_rows(sweep: Sweep, fits: FitTable) -> list[tuple]:
     """The fits table as the reports show it, one tuple per fit in :data:`FIT_HEADER` order:
-    slope and interval rounded to 3 decimals, the group as text, DESIGN.md §2's expectation."""
+    slope and interval rounded to 3 decimals, the group as text, the expectation of docs/conventions.md."""
     return [(spec.metric, step, spec.x, group_label(group), f"{fit.slope:.3f}", _interval(fit),
              fit.n_points, fit.n_x, fit.ci_method, expected_slope(spec, group, sweep))
             for (spec, group, fit), step in zip(fits.entries, fits.table["step"])]
@@ -153,7 +153,7 @@ def _interval(fit: PowerLawFit) -> str:
 
 
 def expected_slope(spec: FitSpec, group: Mapping[str, Any], sweep: Sweep) -> str:
-    """What DESIGN.md §2 expects for this slope, as text ('—' where it says nothing)."""
+    """What docs/conventions.md expects for this slope, as text ('—' where it says nothing)."""
     if spec.x == X_OUTPUT_SCALE:
         return "-1 (Chizat et al. 2019)" if spec.metric == "kappa" else "—"
     if spec.x == X_DEPTH:

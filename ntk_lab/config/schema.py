@@ -30,7 +30,7 @@ class ModelConfig:
     out_dim: Optional[int]  # None: taken from the data
     output_scale: float  # α of Chizat et al. 2019; 1 = the plain network
     center: bool  # train α·(f(θ) − f(θ₀)) instead of α·f(θ)
-    # issue 10: which network, and the knobs of the conv / residual / custom ones
+    # which network, and the knobs of the conv / residual / custom ones
     name: str = "mlp"  # mlp | cnn | resmlp | custom (the model group's choice)
     kernel_size: int = 3  # cnn
     padding: str = "same"  # cnn
@@ -56,7 +56,7 @@ class DataConfig:
     path: Optional[str]
     in_dim: Optional[int]
     noise: float
-    # image data sets (mnist, fashion_mnist, cifar10: ntk_lab.datasets)
+    # image data sets (mnist, fashion_mnist, cifar10: ntk_lab.data.images)
     classes: Optional[list[int]] = None  # None: all ten
     root: Optional[str] = None  # None: $NTK_LAB_DATA, else the user's cache folder
     download: bool = False
@@ -87,10 +87,10 @@ class NTKConfig:
     checkpoints: int
     memory_budget_mb: int
     jac_change: bool
-    store: str  # which Θ_t kernels.pt keeps (ntk_lab.storage)
+    store: str  # which Θ_t kernels.pt keeps (ntk_lab.records.storage)
     store_dtype: str
     store_max_mb: int
-    top_k: int  # k of the top-k eigenspace columns (ntk_lab.checkpoint_geometry)
+    top_k: int  # k of the top-k eigenspace columns (ntk_lab.measures.checkpoint_geometry)
     spectrum_max_probe: int  # the largest probe set whose spectrum is computed per checkpoint
 
 
@@ -124,7 +124,7 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=lambda: LoggerConfig("none"))
 
     def flat(self) -> dict[str, Any]:
-        """The resolved values summary.json records (DESIGN.md §5 names)."""
+        """The resolved values summary.json records (names of docs/conventions.md, *Output files*)."""
         m, d, t, k = self.model, self.data, self.train, self.ntk
         return {
             "width": m.width, "depth": m.depth, "lr": t.lr, "seed": t.seed,

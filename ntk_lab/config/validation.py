@@ -30,7 +30,7 @@ from ntk_lab.config.schema import (
 )
 
 # ----------------------------------------------------------------------------- checks
-# How the user spells a key: the top-level knobs (DESIGN.md §4) are set as `width=…` etc.
+# How the user spells a key: the top-level knobs (docs/architecture.md, *Configuration*) are set as `width=…` etc.
 _USER_NAMES = {"model.width": "width", "model.depth": "depth", "train.lr": "lr", "train.seed": "seed"}
 
 

@@ -34,7 +34,7 @@ def load_splits(name: str, root: Optional[str | Path] = None, download: bool = F
                 mirror: Optional[str] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The full splits: train images (N, C, H, W) uint8, train labels (N,), test images, labels.
 
-    Looks in ``root`` (see :mod:`ntk_lab.datasets.files`); fetches the files first when they
+    Looks in ``root`` (see :mod:`ntk_lab.data.image_files`); fetches the files first when they
     are missing and ``download`` is set.
 
     Raises:

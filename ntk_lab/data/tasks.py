@@ -1,7 +1,7 @@
 """Datasets and the fixed probe set on which kernels are measured.
 
 Every dataset gives train, test and probe inputs as float64 tensors (the run casts them to its
-precision). Targets are (N, O) regression targets for the MSE loss of DESIGN.md §2.
+precision). Targets are (N, O) regression targets for the MSE loss of docs/conventions.md.
 
 | name             | inputs                                   | targets                            |
 | ---------------- | ---------------------------------------- | ---------------------------------- |
@@ -59,8 +59,9 @@ def sphere_teacher(
     n = n_train + n_test
     x = torch.randn(n, in_dim, generator=g, dtype=torch.float64)
     x = x / x.norm(dim=1, keepdim=True)
-    teacher = MLP(in_dim, teacher_width, teacher_depth, 1, "relu", "ntk", 1.0, 0.0,
-                  seed=int(seed) + 1, dtype=torch.float64)
+    teacher = MLP(in_dim, teacher_width, teacher_depth, out_dim=1, activation="relu",
+                  parameterization="ntk", w_std=1.0, b_std=0.0, seed=int(seed) + 1,
+                  dtype=torch.float64)
     with torch.no_grad():
         y = teacher(x)
     y = y + noise * torch.randn(y.shape, generator=g, dtype=torch.float64)

@@ -1,14 +1,14 @@
 """Closed-form training dynamics of a kernel model: gradient flow and kernel regression.
 
 For the MSE loss L = 1/(2N) Σ‖f(x_i) − y_i‖² and learning rate η, a model that is linear in
-its parameters with kernel Θ evolves under gradient flow, at time τ = η·step (DESIGN.md §2), as
+its parameters with kernel Θ evolves under gradient flow, at time τ = η·step (docs/conventions.md), as
 
     f_τ(X)  − y = e^{−τ Θ(X,X)/N} (f_0(X) − y)                                   (train)
     f_τ(x*)     = f_0(x*) + Θ(x*,X) Θ(X,X)⁻¹ (I − e^{−τ Θ(X,X)/N}) (y − f_0(X))  (test)
 
 (Jacot et al. 2018; Lee et al. 2019, eqs. 9–10). τ → ∞ gives kernel regression,
 f_∞(x*) = f_0(x*) + Θ(x*,X) Θ(X,X)⁻¹ (y − f_0(X)); with f_0 = 0 it is the predictor of Arora
-et al. 2019 (Theorem 3.2 of the NTK notes). Pure functions, float64 in and out.
+et al. 2019 (their Theorem 3.2). Pure functions, float64 in and out.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Function-space training dynamics of a kernel model for any loss, integrated in float64.
 
 A model that is linear in its parameters with (infinite-width) kernel Θ, trained on the loss
-L(f) = 1/N Σ_i ℓ(f(x_i), y_i) (DESIGN.md §2; ``mse``: ℓ = ½‖f − y‖², ``cross_entropy``:
+L(f) = 1/N Σ_i ℓ(f(x_i), y_i) (docs/conventions.md; ``mse``: ℓ = ½‖f − y‖², ``cross_entropy``:
 ℓ = −Σ_k y_k log softmax(f)_k), moves in function space as
 
     gradient descent, continuous limit (time t = η·step):
@@ -21,7 +21,7 @@ the slow eigenmode of the linear recursion and of the ODE to first order in η g
 df/dt(0) = −Θg(f_0)/(1 + μ) (the recursion lags the first-order flow by μ/(1 − μ) steps).
 With μ = 0 it is the O(η) modified equation of plain gradient descent; the ``sgd``
 prediction uses the plain gradient flow above, which for MSE is the closed form of
-:mod:`ntk_lab.kernels.regression`.
+:mod:`ntk_lab.dynamics.gradient_flow`.
 
 Both train and test predictions follow from one state. Write f(x, t) = f_0(x) − Θ(x, X) G(t);
 then G (N, O) obeys Ġ = g(f_0(X) − Θ(X, X) G) (gradient flow) or η(1+μ)/2 G̈ + (1 − μ)Ġ =

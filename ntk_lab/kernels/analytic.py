@@ -1,6 +1,6 @@
 """Infinite-width kernels of the MLP: the NNGP Σ and the neural tangent kernel Θ_∞.
 
-The recursion (DESIGN.md §2; Jacot, Gabriel & Hongler 2018; Lee et al. 2018; Arora et al.
+The recursion (docs/conventions.md; Jacot, Gabriel & Hongler 2018; Lee et al. 2018; Arora et al.
 2019), for ``depth`` hidden layers and the same (σ_w, σ_b) = (w_std, b_std) in every layer:
 
     Σ¹(x, x') = σ_w² · x·x'/d + σ_b²,        Θ¹ = Σ¹
@@ -11,7 +11,7 @@ The recursion (DESIGN.md §2; Jacot, Gabriel & Hongler 2018; Lee et al. 2018; Ar
 
 This is what neural-tangents' ``stax.serial([Dense(n, W_std, b_std), φ] * depth,
 Dense(1, W_std, b_std))`` ``kernel_fn`` computes (for one output; with several outputs the
-kernel is the same per output and the ``trace`` mode of DESIGN.md §2 returns it unchanged).
+kernel is the same per output and the ``trace`` mode of docs/conventions.md returns it unchanged).
 
 How the Gaussian expectations are computed:
 
@@ -77,7 +77,7 @@ def infinite_width_kernels(
       composed (:mod:`ntk_lab.kernels.composed`), with the network's own activation,
       parameterization, σ's, width, padding and readout. x1, x2 are what the network takes:
       (N, d) vectors, or (N, C, H, W) images for a CNN.
-    * the keyword form for the MLP of DESIGN.md §2, below (``activation=`` and ``depth=``).
+    * the keyword form for the MLP of docs/conventions.md, below (``activation=`` and ``depth=``).
 
     Args:
         model: a built-in network (then leave the MLP keywords out).
@@ -87,7 +87,7 @@ def infinite_width_kernels(
         x1: inputs, shape (N1, d).
         x2: inputs, shape (N2, d), or None for x1 (then only half the pairs are computed and
             the result is exactly symmetric).
-        activation: a name from :mod:`ntk_lab.activations` or an :class:`Activation`; one
+        activation: a name from :mod:`ntk_lab.layers.activations` or an :class:`Activation`; one
             with ``dual=None`` (e.g. user-supplied, with ``fn`` and ``derivative``) goes
             through the Hermite-series quadrature.
         depth: number of hidden layers (≥ 1).

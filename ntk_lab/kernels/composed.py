@@ -1,4 +1,4 @@
-"""Θ_∞ and NNGP_∞ of a network by composing its layers' kernel maps (DESIGN.md §7).
+"""Θ_∞ and NNGP_∞ of a network by composing its layers' kernel maps (docs/architecture.md, *Layers*).
 
     state⁰ = KernelState.from_inputs(x1, x2)        Σ⁰ = x1·x2 / C per position pair, Θ⁰ = 0
     state  = layer.kernel_map(state)                 for every layer in forward order

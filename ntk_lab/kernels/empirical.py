@@ -2,7 +2,7 @@
 
     Θ_op(x, x') = Σ_p ∂f_o(x; θ)/∂p · ∂f_p(x'; θ)/∂p      (all trainable weights and biases)
 
-Methods (DESIGN.md §6):
+Methods (docs/conventions.md, *Kernel methods*):
     ``jacrev``      per-sample Jacobians with ``torch.func.vmap(jacrev(...))`` contracted with
                     einsum — the torch.func tutorial recipe, any module; the reference.
     ``ntvp``        NTK-vector products: ``vjp`` gives Jᵀe for each output basis vector e of
@@ -225,7 +225,7 @@ def jacobian_change(
     method: str = "auto",
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
 ) -> float:
-    """‖J_t − J_0‖_F / ‖J_0‖_F with J = ∂f/∂θ on x (N, …) — DESIGN.md's ``jac_change``.
+    """‖J_t − J_0‖_F / ‖J_0‖_F with J = ∂f/∂θ on x (N, …) — ``jac_change`` (docs/conventions.md).
 
     ``structured`` (what ``auto`` picks when the model has layers it can factor): per-sample
     Gram expansion in float64; otherwise per-sample Jacobians of both models in chunks,

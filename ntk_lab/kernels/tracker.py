@@ -1,7 +1,7 @@
 """Θ_t and the Jacobian change on a fixed probe set, checkpoint after checkpoint, computed once.
 
 A run measures, at every checkpoint t, the empirical NTK Θ_t on the probe inputs and
-``jac_change`` = ‖J_t − J_0‖_F / ‖J_0‖_F (DESIGN.md §2). Both come from the same per-layer
+``jac_change`` = ‖J_t − J_0‖_F / ‖J_0‖_F (docs/conventions.md). Both come from the same per-layer
 quantities when every layer of the network has the structured factorization (MLP, CNN, ResMLP,
 or a user's module of Linear / Conv layers): the layer inputs or patches u and output
 sensitivities δ on the probe set (:mod:`ntk_lab.kernels.structured`). So a checkpoint costs

@@ -1,4 +1,4 @@
-"""Layers that know their kernels (DESIGN.md §7).
+"""Layers that know their kernels (docs/architecture.md, *Layers*).
 
 One file per layer type, each holding (a) the finite torch module with the parameterization's
 scaling, (b) its infinite-width kernel map ``kernel_map(KernelState) -> KernelState`` and,
@@ -6,7 +6,7 @@ for layers with parameters, (c) the factors the structured empirical NTK needs:
 
     dense.py         Dense (and torch.nn.Linear's factors)
     conv.py          Conv, 1-D and 2-D (and torch.nn.Conv1d / Conv2d factors)
-    nonlinearity.py  Nonlinearity (reads ntk_lab.activations through gaussian.py)
+    nonlinearity.py  Nonlinearity (reads ntk_lab.layers.activations through gaussian.py)
     pooling.py       GlobalAvgPool, Flatten
     residual.py      Residual
 

@@ -2,13 +2,13 @@
 
 Each entry holds the torch function φ, its derivative φ' (used by the structured NTK and by
 the Gaussian-quadrature kernels) and, where one exists, a closed-form *dual*: the pair of
-Gaussian expectations the infinite-width recursion needs (DESIGN.md §2),
+Gaussian expectations the infinite-width recursion needs (docs/conventions.md),
 
     (u, v) ~ N(0, [[q11, q12], [q12, q22]])
     dual(q11, q12, q22) = (E[φ(u) φ(v)], E[φ'(u) φ'(v)]).
 
 Adding an activation touches this file alone (the way neural-tangents keeps a layer's finite
-function and its kernel together). Names follow DESIGN.md §6.
+function and its kernel together). Names follow docs/conventions.md, *Kernel methods*.
 
 Closed forms (float64 tensors that broadcast against each other in; both results have the
 broadcast shape). Write s = √(q11 q22), ρ = q12/s clamped to [−1, 1] and θ = arccos ρ,
@@ -46,7 +46,7 @@ from torch import Tensor
 
 DualFn = Callable[[Tensor, Tensor, Tensor], Tuple[Tensor, Tensor]]
 
-LEAKY_RELU_SLOPE = 0.01  # torch.nn.LeakyReLU's default negative slope (DESIGN.md §6)
+LEAKY_RELU_SLOPE = 0.01  # torch.nn.LeakyReLU's default negative slope (docs/conventions.md, *Kernel methods*)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""What the structured empirical NTK needs from an affine layer (DESIGN.md §7, part (c)).
+"""What the structured empirical NTK needs from an affine layer (docs/architecture.md, *Layers*, part (c)).
 
 For an affine layer z = m_W·(W ⋆ h) + m_b·b with output sensitivities δ_o = ∂f_o/∂z, the
 per-sample gradient is a sum over output positions p of an outer product (Novak,

@@ -1,7 +1,7 @@
 """The elementwise nonlinearity: finite module and kernel map (no parameters, no factors).
 
-(a) ``Nonlinearity``: h = φ(z), φ from :mod:`ntk_lab.activations`.
-(b) kernel map (DESIGN.md §2), pairwise on every position pair the state holds:
+(a) ``Nonlinearity``: h = φ(z), φ from :mod:`ntk_lab.layers.activations`.
+(b) kernel map (docs/conventions.md), pairwise on every position pair the state holds:
         (u, v) ~ N(0, [[var1, Σ], [Σ, var2]]),
         Σ_out = E[φ(u) φ(v)],   Θ_out = E[φ'(u) φ'(v)] · Θ_in,   var_out = E[φ(u)²],
     the expectations from :mod:`ntk_lab.layers.gaussian` — the closed-form dual when the
@@ -23,7 +23,7 @@ class Nonlinearity(nn.Module):
     """h = φ(z), elementwise; any shape.
 
     Args:
-        activation: a name of :mod:`ntk_lab.activations` or an :class:`Activation`.
+        activation: a name of :mod:`ntk_lab.layers.activations` or an :class:`Activation`.
         quadrature_degree: Hermite degree for activations without a closed form (None: chosen
             to meet ``SERIES_TOL``).
     """

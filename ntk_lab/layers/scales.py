@@ -1,5 +1,5 @@
 """How a parameterization scales one affine layer (dense or conv), in the finite network and in
-its infinite-width kernel map (DESIGN.md §2).
+its infinite-width kernel map (docs/conventions.md).
 
 Every affine layer computes ``z = weight_multiplier · (W ⋆ h) + bias_multiplier · b`` with
 trainable ``W`` and ``b`` drawn from N(0, init_std²); ``⋆`` is a matrix product (dense) or a

@@ -1,4 +1,4 @@
-"""The kernel state a layer's infinite-width map takes and returns (DESIGN.md §7).
+"""The kernel state a layer's infinite-width map takes and returns (docs/architecture.md, *Layers*).
 
 Between two blocks of inputs x1 (n1 of them) and x2 (n2), a representation with spatial shape
 S — () for vectors, (L,) or (H, W) for feature maps — has, per unit (channel),

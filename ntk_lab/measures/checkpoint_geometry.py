@@ -1,4 +1,4 @@
-"""The kernel-geometry columns of a run's checkpoints (issue 12), from the checkpoint's Θ_t.
+"""The kernel-geometry columns of a run's checkpoints, from the checkpoint's Θ_t.
 
 At every checkpoint the training loop hands over Θ_t on the probe set (and, when the
 structured method already has them, the per-layer kernels Θ_{l,t} and the readout's input
@@ -13,7 +13,7 @@ features); :class:`CheckpointGeometry` returns the row's columns
     kappa_layer{i}, ntk_share_layer{i}       per-layer drift and share tr Θ_l / tr Θ
 
 and the arrays ``kernels.pt`` keeps (``eigvals``, ``theta_layers``). Definitions and papers:
-:mod:`ntk_lab.geometry`. Layers are numbered from 1 in forward order (the readout last), as
+:mod:`ntk_lab.measures.geometry`. Layers are numbered from 1 in forward order (the readout last), as
 the ``param_change_layer{i}`` columns.
 
 Spectra cost O(N³): above ``spectrum_max_probe`` probe points the spectral columns are NaN

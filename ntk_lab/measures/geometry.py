@@ -206,7 +206,7 @@ def conjugate_kernel(features: Tensor, w_std: float, b_std: float) -> Tensor:
 
     This is the covariance of the readout's output over a fresh draw of its weights and
     bias, given the features, in the NTK parameterization. Its infinite-width limit is the
-    NNGP Σ^{depth+1} of DESIGN.md §2 in every parameterization of the repo (their hidden
+    NNGP Σ^{depth+1} of docs/conventions.md in every parameterization of the repo (their hidden
     layers have one distribution), so ‖CK_0 − NNGP_∞‖/‖NNGP_∞‖ measures the finite-width
     fluctuation of the features (Lee et al. 2018).
 

@@ -1,4 +1,4 @@
-"""The NTK notes' κ (§2.6; Liu, Zhu & Belkin 2020): relative change of the gradient predicted
+"""The Hessian-based lazy-training κ (Liu, Zhu & Belkin 2020): relative change of the gradient predicted
 from the Hessian,
 
     κ = ‖f(θ_T) − f(θ_0)‖ · ‖∇²_θ f(θ_0)‖₂ / ‖∇_θ f(θ_0)‖²,

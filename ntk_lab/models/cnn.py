@@ -1,4 +1,4 @@
-"""The convolutional network of issue 10: ``depth`` conv layers, a readout, a dense output.
+"""The convolutional network: ``depth`` conv layers, a readout, a dense output.
 
     h⁰ = x (N, C_in, H, W),  h^l = φ(Conv_l(h^{l-1}))  for l = 1…depth  (``width`` channels,
     stride 1, an odd k×k filter, ``same`` zero or ``circular`` padding),
@@ -36,7 +36,7 @@ class CNN(nn.Module):
         width: channels n of every conv layer.
         depth: number of conv layers (≥ 1).
         out_dim: outputs O.
-        activation: a name from :mod:`ntk_lab.activations` or an ``Activation``.
+        activation: a name from :mod:`ntk_lab.layers.activations` or an ``Activation``.
         parameterization: ``ntk``, ``standard`` or ``mup``.
         w_std, b_std: σ_w, σ_b of every layer, the readout included.
         kernel_size: odd filter size k.
@@ -56,6 +56,7 @@ class CNN(nn.Module):
         in_channels: int,
         width: int,
         depth: int,
+        *,
         out_dim: int = 1,
         activation: str | Activation = "relu",
         parameterization: str = "ntk",
@@ -65,7 +66,6 @@ class CNN(nn.Module):
         padding: str = "same",
         readout: str = "gap",
         seed: Optional[int] = None,
-        *,
         spatial_shape: Optional[Sequence[int]] = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",

@@ -22,7 +22,7 @@ MODELS = ("mlp", "cnn", "resmlp", "custom")
 class NetworkSpec:
     """Plain settings of one network (the validated ``model`` config group).
 
-    Attributes: as the config keys of DESIGN.md / README (``name`` is the group choice);
+    Attributes: as the config keys of README (``name`` is the group choice);
     ``extra`` holds a custom module's additional keys.
     """
 
@@ -58,20 +58,21 @@ def build_network(spec: NetworkSpec, in_shape: Sequence[int], out_dim: int, *, s
     if spec.name not in MODELS:
         raise ValueError(f"model={spec.name!r} is invalid: allowed: {', '.join(MODELS)}")
     in_shape = tuple(in_shape)
+    common = dict(out_dim=out_dim, activation=spec.activation,
+                  parameterization=spec.parameterization, w_std=spec.w_std, b_std=spec.b_std,
+                  seed=seed, dtype=dtype, device=device)
     if spec.name == "mlp":
-        return MLP(math.prod(in_shape), spec.width, spec.depth, out_dim, spec.activation,
-                   spec.parameterization, spec.w_std, spec.b_std, seed=seed, dtype=dtype, device=device)
+        return MLP(math.prod(in_shape), spec.width, spec.depth, **common)
     if spec.name == "resmlp":
-        return ResMLP(math.prod(in_shape), spec.width, spec.depth, out_dim, spec.activation,
-                      spec.parameterization, spec.w_std, spec.b_std, spec.branch_scale, seed=seed,
-                      dtype=dtype, device=device)
+        return ResMLP(math.prod(in_shape), spec.width, spec.depth,
+                      branch_scale=spec.branch_scale, **common)
     if spec.name == "cnn":
         if len(in_shape) != 3:
             raise ValueError(f"model=cnn needs image data (C, H, W); these inputs are vectors of shape "
                              f"{in_shape} (use e.g. data=digits)")
-        return CNN(in_shape[0], spec.width, spec.depth, out_dim, spec.activation, spec.parameterization,
-                   spec.w_std, spec.b_std, spec.kernel_size, spec.padding, spec.readout, seed,
-                   spatial_shape=in_shape[1:], dtype=dtype, device=device)
+        return CNN(in_shape[0], spec.width, spec.depth, kernel_size=spec.kernel_size,
+                   padding=spec.padding, readout=spec.readout, spatial_shape=in_shape[1:],
+                   **common)
     if not spec.target:
         raise CustomModuleError("model.target must be set for model=custom (package.module:callable)")
     if seed is not None:

@@ -61,7 +61,7 @@ def readout_features(model: nn.Module, x: Tensor) -> Tensor:
     """Φ: the input of the last layer the forward pass calls (the readout), flattened to (N, n).
 
     For the MLP these are the last hidden layer's activations h^depth (N, width); the
-    conjugate kernel of :func:`ntk_lab.geometry.conjugate_kernel` is built from them.
+    conjugate kernel of :func:`ntk_lab.measures.geometry.conjugate_kernel` is built from them.
     """
     with _record_calls(model) as calls, torch.no_grad():
         model(x)

@@ -1,4 +1,4 @@
-"""The fully connected network (DESIGN.md §2): ``depth`` hidden Dense layers and a readout.
+"""The fully connected network (docs/conventions.md): ``depth`` hidden Dense layers and a readout.
 
 Every layer computes ``z = weight_multiplier · W h + bias_multiplier · b`` with trainable
 ``W`` (out, in) and ``b`` (out,) drawn from N(0, init_std²); the parameterization only sets
@@ -19,7 +19,7 @@ from ntk_lab.layers import Dense, Nonlinearity, kernel_coefficients, layer_scale
 
 
 class MLP(nn.Module):
-    """``depth`` hidden layers of ``width`` units and a linear readout (DESIGN.md §2).
+    """``depth`` hidden layers of ``width`` units and a linear readout (docs/conventions.md).
 
     h⁰ = x, z^l = layer_l(h^{l-1}), h^l = φ(z^l), f = z^{depth+1}.
 
@@ -28,7 +28,7 @@ class MLP(nn.Module):
         width: hidden width n.
         depth: number of hidden layers (≥ 1).
         out_dim: number of outputs O.
-        activation: a name from :mod:`ntk_lab.activations` or an ``Activation``.
+        activation: a name from :mod:`ntk_lab.layers.activations` or an ``Activation``.
         parameterization: ``"ntk"`` (default), ``"standard"`` or ``"mup"``.
         w_std, b_std: σ_w, σ_b for every layer, the first and the readout included.
         seed: if given, the initial parameters are drawn from a generator seeded with it
@@ -43,12 +43,12 @@ class MLP(nn.Module):
         in_dim: int,
         width: int,
         depth: int,
+        *,
         out_dim: int = 1,
         activation: str | Activation = "relu",
         parameterization: str = "ntk",
         w_std: float = 1.0,
         b_std: float = 0.0,
-        *,
         seed: Optional[int] = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",

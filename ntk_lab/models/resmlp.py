@@ -1,4 +1,4 @@
-"""The residual MLP of issue 10.
+"""The residual MLP.
 
     h¹ = Dense(x),   h^{l+1} = h^l + β·Dense(φ(h^l))  for l = 1…depth,   f = Dense(φ(h^{depth+1})),
 
@@ -39,6 +39,7 @@ class ResMLP(nn.Module):
         in_dim: int,
         width: int,
         depth: int,
+        *,
         out_dim: int = 1,
         activation: str | Activation = "relu",
         parameterization: str = "ntk",
@@ -46,7 +47,6 @@ class ResMLP(nn.Module):
         b_std: float = 0.0,
         branch_scale: float = 1.0,
         seed: Optional[int] = None,
-        *,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ):

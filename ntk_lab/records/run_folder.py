@@ -1,6 +1,6 @@
 """A run folder on disk: write it atomically, read it back.
 
-Layout (DESIGN.md §5)::
+Layout (docs/conventions.md, *Output files*)::
 
     <run_dir>/metrics.csv    one row per checkpoint step
     <run_dir>/summary.json   resolved config, final metrics, status, message, wall time
@@ -42,7 +42,7 @@ STATUS_INTERRUPTED = "interrupted"
 STATUS_FAILED = "failed"
 FINISHED_STATUSES = (STATUS_OK, STATUS_DIVERGED)
 
-# The leading columns of metrics.csv, in this order (DESIGN.md §5); others follow sorted.
+# The leading columns of metrics.csv, in this order (docs/conventions.md, *Output files*); others follow sorted.
 METRIC_COLUMNS = (
     "step", "time", "train_loss", "test_loss", "kappa", "kernel_distance", "ntk_err_inf",
     "param_change", "jac_change",
@@ -93,7 +93,7 @@ def write_summary(run_dir: Path, summary: Mapping[str, Any]) -> None:
 
 
 def metrics_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Column order: DESIGN.md §5's fixed columns, then every other key sorted."""
+    """Column order: the fixed columns (docs/conventions.md, *Output files*), then every other key sorted."""
     keys: set[str] = set()
     for row in rows:
         keys.update(row)
@@ -223,14 +223,14 @@ class RunRecorder:
 
     ``metrics.csv`` is rewritten (atomically) at every checkpoint, so an interrupted run keeps
     every row it reached; ``kernels.pt`` and ``summary.json`` are written by :meth:`finish`.
-    Which Θ_t are held (and stored) follows ``plan`` (:mod:`ntk_lab.storage`): every one, the
+    Which Θ_t are held (and stored) follows ``plan`` (:mod:`ntk_lab.records.storage`): every one, the
     first and the latest, or none — so memory does not grow with the checkpoints when the
     kernels are large.
 
     ``kernels.pt`` holds the static tensors given (``probe_x``, ``theta_inf`` and ``nngp_inf``
     as the plan allows, ...), ``checkpoint_steps`` (K,) every checkpoint step, ``steps`` (K',)
     the steps whose Θ is stored, ``theta`` (K', N, N), and ``store`` (the level). With the
-    checkpoint geometry's arrays (:mod:`ntk_lab.checkpoint_geometry`) it also holds
+    checkpoint geometry's arrays (:mod:`ntk_lab.measures.checkpoint_geometry`) it also holds
     ``eigvals`` (K, N), Θ_t's eigenvalues in decreasing order at every checkpoint (NaN rows
     where none were computed), and — at ``layers_level`` (all / ends / none) —
     ``theta_layers`` (K'', L, N, N) with their steps ``layer_steps`` (K'',).

@@ -68,7 +68,7 @@ def coord_check_run(
     model: nn.Module, x_train: Tensor, y_train: Tensor, x_fixed: Tensor, *, steps: int,
     lr: float,
 ) -> list[dict]:
-    """Train ``model`` for ``steps`` full-batch GD steps on the MSE loss of DESIGN.md §2 and
+    """Train ``model`` for ``steps`` full-batch GD steps on the MSE loss of docs/conventions.md and
     record every layer's l1 and l1_delta on ``x_fixed`` before the first step and after each.
 
     Args:
@@ -114,9 +114,9 @@ def run_coord_check(
     for parameterization in parameterizations:
         for width in widths:
             for seed in seeds:
-                model = MLP(data.in_dim, width, depth, data.out_dim, activation,
-                            parameterization, w_std, b_std, seed=seed, dtype=dtype,
-                            device=device)
+                model = MLP(data.in_dim, width, depth, out_dim=data.out_dim,
+                            activation=activation, parameterization=parameterization,
+                            w_std=w_std, b_std=b_std, seed=seed, dtype=dtype, device=device)
                 run = coord_check_run(model, data.x_train, data.y_train, data.x_probe,
                                       steps=steps, lr=lr)
                 rows += [{"width": width, "parameterization": parameterization, "seed": seed,

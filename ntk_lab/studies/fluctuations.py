@@ -147,11 +147,12 @@ def ntk_diagonal_samples(
 
     Returns:
         (len(seeds),) float64 tensor on x's device: Θ(x, x) per seed (one output, so the
-        trace mode of DESIGN.md §2 is the kernel itself).
+        trace mode of docs/conventions.md is the kernel itself).
     """
     if x.dim() != 1:
         raise ValueError(f"x must be one input of shape (d,), got {tuple(x.shape)}")
-    template = MLP(x.shape[0], width, depth, 1, activation, parameterization, w_std, b_std)
+    template = MLP(x.shape[0], width, depth, out_dim=1, activation=activation,
+                   parameterization=parameterization, w_std=w_std, b_std=b_std)
     x = x.to(dtype)
     chunk = min(len(seeds), _seed_chunk_size(template, x.element_size(), memory_budget_bytes))
     new = lambda *shape: torch.empty(chunk, *shape, dtype=dtype, device=x.device)  # noqa: E731

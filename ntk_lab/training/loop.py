@@ -1,10 +1,10 @@
 """The training loop: full-batch gradient descent (or mini-batch SGD) on the MSE loss, with the
 empirical NTK and the drift metrics recorded at log-spaced checkpoint steps.
 
-Loss (DESIGN.md §2): L(θ) = 1/(2N) Σ_i ‖f(x_i) − y_i‖² (or softmax cross-entropy,
-:mod:`ntk_lab.losses`), divided by α² when the network is an α-scaled
+Loss (docs/conventions.md): L(θ) = 1/(2N) Σ_i ‖f(x_i) − y_i‖² (or softmax cross-entropy,
+:mod:`ntk_lab.training.losses`), divided by α² when the network is an α-scaled
 :class:`~ntk_lab.models.ScaledOutput` (Chizat et al. 2019). The optimizer (sgd, momentum,
-adam) and schedule come from :mod:`ntk_lab.optim`. Time is t = Σ_{k<step} η_k (η·step at a
+adam) and schedule come from :mod:`ntk_lab.training.optimizers`. Time is t = Σ_{k<step} η_k (η·step at a
 constant learning rate). Classification data also get ``train_acc`` and ``test_acc``.
 """
 
@@ -53,7 +53,7 @@ class TrainSettings:
         record_jac_change: compute ``jac_change`` (needs a frozen copy of θ₀).
         progress: show a tqdm bar.
         track_linearized: train the linearized network alongside (``lin_gap``, losses).
-        kappa_hessian: at the last step, the NTK notes' Hessian κ on the first
+        kappa_hessian: at the last step, the Hessian κ of Liu, Zhu & Belkin 2020 on the first
             ``hessian_points`` probe points with ``hessian_iters`` power iterations.
         ntk_enabled: False trains and logs losses and parameter changes only — no empirical
             kernel, no Jacobian change (the baseline the instrumentation's cost is measured
@@ -103,7 +103,7 @@ Predictor = GradientFlowPredictor | KernelFlow  # the Θ_∞ model: MSE closed f
 class Recorder(Protocol):
     """Receives one row of metrics and Θ_t (N_probe, N_probe) at every checkpoint (None when
     kernels are off, or when the row records a divergence), and the checkpoint's arrays
-    (``eigvals``, ``theta_layers``: :mod:`ntk_lab.checkpoint_geometry`) when there are any."""
+    (``eigvals``, ``theta_layers``: :mod:`ntk_lab.measures.checkpoint_geometry`) when there are any."""
 
     def checkpoint(self, row: dict, theta: Optional[Tensor], arrays: Optional[dict] = None) -> None: ...
 
@@ -333,7 +333,7 @@ def train(
         theta_inf: Θ_∞ on the probe set (N_probe, N_probe), for ``ntk_err_inf``; None skips it.
         loss_scale: the optimised loss is L·loss_scale (1/α² for α-scaled outputs).
         infinite: Θ_∞ predictor on the train and test sets (the MSE closed form, or the
-            integrated flow of :mod:`ntk_lab.kernels.flow` for cross-entropy and momentum), or None.
+            integrated flow of :mod:`ntk_lab.dynamics.kernel_flow` for cross-entropy and momentum), or None.
         nngp_inf: NNGP_∞ on the probe set, for ``nngp_err_inf``; None skips it.
         stop_requested: polled every step; True ends training as ``interrupted``.
 

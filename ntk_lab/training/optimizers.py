@@ -34,7 +34,7 @@ parameter uses η.
 ``train.schedule``: ``constant`` (η_k = η) or ``cosine`` (η_k = η·(1 + cos(πk/T))/2 at step
 k of T, the rule of ``torch.optim.lr_scheduler.CosineAnnealingLR`` with η_min = 0). The run's
 time is the summed learning rate t_k = Σ_{j<k} η_j, which is η·k for the constant schedule
-(DESIGN.md §2), so gradient-flow predictions use the same clock.
+(docs/conventions.md), so gradient-flow predictions use the same clock.
 """
 
 from __future__ import annotations

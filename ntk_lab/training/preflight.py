@@ -208,7 +208,7 @@ def estimate_memory(shape: RunShape, inst: Instrumentation, device: str = "cpu")
 
 def _stored_layer_kernel_bytes(s: RunShape, inst: Instrumentation, plan) -> int:
     """The per-layer kernels Θ_{l,t} kept for kernels.pt, at the level the run will choose
-    (:func:`ntk_lab.checkpoint_geometry.layers_to_store`): kept × L × N² entries."""
+    (:func:`ntk_lab.measures.checkpoint_geometry.layers_to_store`): kept × L × N² entries."""
     itemsize = torch.finfo(plan.theta_dtype or _dtype(s.itemsize)).bits // 8
     level = layers_to_store(plan.level, s.n_probe, s.n_layers, inst.n_checkpoints, itemsize, plan.bytes,
                             inst.store_max_mb, explicit=inst.store != "auto")
