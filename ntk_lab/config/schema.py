@@ -41,9 +41,11 @@ class ModelConfig:
 
     def spec(self) -> NetworkSpec:
         """The plain network settings :func:`ntk_lab.models.build_network` takes."""
-        return NetworkSpec(self.name, self.width, self.depth, self.activation, self.parameterization,
-                           self.w_std, self.b_std, self.kernel_size, self.padding, self.readout,
-                           self.branch_scale, self.target, dict(self.extra))
+        return NetworkSpec(self.name, self.width, self.depth, activation=self.activation,
+                           parameterization=self.parameterization, w_std=self.w_std,
+                           b_std=self.b_std, kernel_size=self.kernel_size, padding=self.padding,
+                           readout=self.readout, branch_scale=self.branch_scale,
+                           target=self.target, extra=dict(self.extra))
 
 
 @dataclass

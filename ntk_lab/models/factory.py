@@ -4,7 +4,7 @@ experiment runner calls; only the command lines read the Hydra config)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -22,13 +22,14 @@ MODELS = ("mlp", "cnn", "resmlp", "custom")
 class NetworkSpec:
     """Plain settings of one network (the validated ``model`` config group).
 
-    Attributes: as the config keys of README (``name`` is the group choice);
+    Attributes: the ``model.*`` config keys of the README (``name`` is the group choice);
     ``extra`` holds a custom module's additional keys.
     """
 
     name: str
     width: int
     depth: int
+    _: KW_ONLY  # the rest by keyword
     activation: Optional[str] = "relu"
     parameterization: Optional[str] = "ntk"
     w_std: Optional[float] = 1.0
