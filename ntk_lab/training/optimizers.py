@@ -14,12 +14,12 @@ optimizer.
 μP learning rates (Yang & Hu 2021, Tensor Programs IV, Table 3). In the abc-form of
 :func:`ntk_lab.models.layer_scales` a parameter w enters the network as W = n^(−a)·w and is
 trained with learning rate η·n^(−c) (n = width). For SGD (and momentum) c = 0 for every
-parameter: the learning rate is not rescaled (``models.py``). For Adam, whose step moves every
+parameter: the learning rate is not rescaled (``ntk_lab/layers/scales.py``). For Adam, whose step moves every
 entry by ~η whatever the gradient's scale, μP needs ΔW = Θ(1) per entry for the input layer
 and every input-like bias and Θ(1/n) for the hidden and readout weights, i.e. a + c = 0 and
 a + c = 1:
 
-| parameter (a of models.py)                  | SGD c | Adam c | Adam learning rate |
+| parameter (a of scales.py)                  | SGD c | Adam c | Adam learning rate |
 | ------------------------------------------- | ----- | ------ | ------------------ |
 | input weight (a = −½)                       | 0     | ½      | η/√n               |
 | input and hidden biases (a = −½)            | 0     | ½      | η/√n               |
@@ -154,7 +154,7 @@ def elapsed_time(schedule: str, lr: float, step: int, steps: int) -> float:
 def infinite_width_support(settings: OptimizerSettings) -> str:
     """Why the Θ_∞ function-space prediction does not apply to these settings ('' if it does).
 
-    The kernel flow covers gradient descent and heavy-ball momentum (``kernels/flow.py``).
+    The kernel flow covers gradient descent and heavy-ball momentum (``ntk_lab/dynamics/kernel_flow.py``).
     Adam's per-coordinate normalization is not a function-space flow of the NTK, and weight
     decay pulls θ towards 0, a direction the kernel does not see.
     """
