@@ -96,9 +96,11 @@ FOREIGN_REFERENCE = re.compile(r"DESIGN\.md|\bissue \d+|\bissues? #\d+|\.\./shar
 
 
 def test_comments_point_at_the_repo_docs():
-    roots = [PACKAGE, PACKAGE.parent / "configs", PACKAGE.parent / "scripts", PACKAGE.parent / "docs"]
-    hits = [f"{p.relative_to(PACKAGE.parent)}:{i}" for root in roots for p in sorted(root.rglob("*"))
-            if p.suffix in (".py", ".yaml", ".sh", ".md")
+    repo = PACKAGE.parent
+    files = [repo / "README.md"] + [
+        p for root in ("ntk_lab", "configs", "scripts", "docs", "experiments")
+        for p in sorted((repo / root).rglob("*")) if p.suffix in (".py", ".yaml", ".sh", ".md")]
+    hits = [f"{p.relative_to(repo)}:{i}" for p in files
             for i, line in enumerate(p.read_text().splitlines(), start=1)
             if FOREIGN_REFERENCE.search(line)]
     assert not hits, hits
