@@ -205,12 +205,13 @@ def mc_check(models, x, theta_inf, depth, width):
     assert ((mean - theta_inf).abs() <= tol).all(), ((mean - theta_inf) / se)
 
 
-MC_CASES = [  # (kind, activation, depth, width, networks, settings); one fast, the rest slow
-    pytest.param("cnn", "relu", 1, 64, 48, dict(padding="same", readout="gap"), marks=pytest.mark.slow),
-    pytest.param("cnn", "erf", 2, 256, 48, dict(padding="circular", readout="flatten"), marks=pytest.mark.slow),
-    pytest.param("cnn", "tanh", 2, 256, 48, dict(padding="same", readout="gap"), marks=pytest.mark.slow),
-    ("resmlp", "relu", 1, 512, 48, dict(branch_scale=0.8)),
-    pytest.param("resmlp", "tanh", 3, 512, 64, dict(branch_scale=1.0), marks=pytest.mark.slow),
+SLOW_PHYSICS = (pytest.mark.slow, pytest.mark.physics)
+MC_CASES = [  # (kind, activation, depth, width, networks, settings); one fast, all in the physics tier
+    pytest.param("cnn", "relu", 1, 64, 48, dict(padding="same", readout="gap"), marks=SLOW_PHYSICS),
+    pytest.param("cnn", "erf", 2, 256, 48, dict(padding="circular", readout="flatten"), marks=SLOW_PHYSICS),
+    pytest.param("cnn", "tanh", 2, 256, 48, dict(padding="same", readout="gap"), marks=SLOW_PHYSICS),
+    pytest.param("resmlp", "relu", 1, 512, 48, dict(branch_scale=0.8), marks=pytest.mark.physics),
+    pytest.param("resmlp", "tanh", 3, 512, 64, dict(branch_scale=1.0), marks=SLOW_PHYSICS),
 ]
 
 
@@ -229,6 +230,7 @@ def test_mean_empirical_ntk_converges_to_theta_inf(kind, act, depth, width, n_ne
 
 
 @pytest.mark.slow
+@pytest.mark.physics
 def test_standard_parameterization_cnn_mean_ntk():
     """Depth 1 has no finite-width bias: E[Θ] of finite ``standard`` CNNs equals Θ_∞
     (g_w = fan_in = C_in·k², g_b = 1 in the conv and the readout)."""

@@ -7,10 +7,15 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
+import scipy.linalg
+import torch
 
-from ntk_lab.experiment import run_experiment
+from ntk_lab.data import make_dataset
+from ntk_lab.experiment import build_model, run_experiment
+from ntk_lab.kernels import infinite_width_kernels
 from ntk_lab.config import ConfigError, validate
 from ntk_lab.data import generated_files as synthetic
 from ntk_lab.training.optimizers import elapsed_time
@@ -41,6 +46,39 @@ def _metrics(run_dir) -> pd.DataFrame:
     return pd.read_csv(run_dir / "metrics.csv")
 
 
+
+# The run's f_t against scipy's matrix exponential of the same float64 kernel: both are exact
+# solutions of one linear ODE; they differ by the eigendecomposition's round-off (~1e-13 on
+# these O(1) losses).
+CLOSED_FORM_RTOL = 1e-9
+
+
+def test_the_infinite_width_prediction_follows_the_mse_gradient_flow_at_every_checkpoint(tmp_path):
+    """test_loss_inf and train_loss_inf at every checkpoint of an MSE run against an independent
+    solve of gradient flow on Θ_∞ from the network's own f_0:
+    f_t(X) = y + e^{−tΘ(X,X)/N}(f_0(X) − y),
+    f_t(x*) = f_0(x*) + Θ(x*,X) Θ(X,X)⁻¹ (I − e^{−tΘ(X,X)/N})(y − f_0(X)), t = η·step."""
+    cfg = config(**{"train.loss": "mse", "train.optimizer": "sgd"})
+    assert run_experiment(cfg, tmp_path).status == "ok"
+    m = _metrics(tmp_path)
+    data = make_dataset("digits", n_train=40, n_test=30, n_probe=6, seed=0)
+    x = torch.cat([data.x_train, data.x_test]).double()
+    _, theta = infinite_width_kernels(x, x[:40], activation="relu", depth=2, w_std=1.0, b_std=0.1)
+    net = build_model(cfg, data, torch.float32, "cpu")
+    with torch.no_grad():
+        f0 = net(x.float()).double().numpy()
+    y, y_test = data.y_train.numpy(), data.y_test.numpy()
+    k_train, k_test = theta[:40].numpy(), theta[40:].numpy()
+    for step, time, got_test, got_train in zip(m.step, m.time, m.test_loss_inf, m.train_loss_inf):
+        decay = scipy.linalg.expm(-time * k_train / 40)
+        f_train = y + decay @ (f0[:40] - y)
+        f_test = f0[40:] + k_test @ np.linalg.solve(k_train, (np.eye(40) - decay) @ (y - f0[:40]))
+        want_test = 0.5 * ((f_test - y_test) ** 2).sum() / len(y_test)
+        want_train = 0.5 * ((f_train - y) ** 2).sum() / len(y)
+        assert got_test == pytest.approx(want_test, rel=CLOSED_FORM_RTOL), step
+        assert got_train == pytest.approx(want_train, rel=CLOSED_FORM_RTOL), step
+    assert m.test_loss_inf.iloc[-1] != pytest.approx(m.test_loss_inf.iloc[0], rel=1e-3)  # it moved
+
 @pytest.mark.parametrize("loss,optimizer", [("cross_entropy", "momentum"), ("mse", "sgd")])
 def test_accuracy_and_the_infinite_width_prediction_at_every_checkpoint(tmp_path, loss, optimizer):
     outcome = run_experiment(config(**{"train.loss": loss, "train.optimizer": optimizer}), tmp_path)
@@ -52,6 +90,7 @@ def test_accuracy_and_the_infinite_width_prediction_at_every_checkpoint(tmp_path
     assert ((m.test_acc >= 0) & (m.test_acc <= 1)).all()
     assert abs(m.test_loss_inf[0] - m.test_loss[0]) < STEP0_TOL  # both start at the network's f_0
     assert m.inf_gap.iloc[1:].notna().all() and m.train_loss.iloc[-1] < m.train_loss.iloc[0]
+    # (the prediction's values: the test below for MSE, tests/test_flow.py for the flows)
     assert m.time.tolist() == pytest.approx([0.5 * s for s in m.step])
     summary = read_run(tmp_path).summary
     assert summary["loss"] == loss and summary["optimizer"] == optimizer

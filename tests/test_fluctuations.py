@@ -49,6 +49,7 @@ def test_batched_diagonal_equals_each_network_computed_directly(activation, para
     assert moment_ratio(batched) == pytest.approx(moment_ratio(direct.numpy()), rel=DIRECT_REL_TOL)
 
 
+@pytest.mark.physics
 def test_one_hidden_layer_moments_match_the_exact_identity():
     """One hidden ReLU layer of width n, NTK parameterization, σ_b = 0, input with
     ‖x‖²/d = q, one output: f = (σ_w/√n) Σ_i v_i φ(z_i), z_i = (σ_w/√d) w_i·x ~ N(0, s²)

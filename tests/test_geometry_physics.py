@@ -10,7 +10,7 @@ from ntk_lab.studies.coord_check import fit_slopes, run_coord_check
 from ntk_lab.data import make_dataset
 from ntk_lab.studies.fluctuations import fit_rate, measure_grid
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.physics]  # both are in CI's physics tier
 
 # Hidden-layer l1_delta slopes: theory −1/2 (ntk) and 0 (mup); the preset run measures
 # −0.54 and 0.01–0.04 with intervals ±0.1–0.2. ±0.2 around the theory separates the two.
