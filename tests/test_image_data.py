@@ -276,3 +276,31 @@ def test_stratified_indices_are_distinct_and_balanced():
     short = np.concatenate([np.zeros(5, int), np.ones(50, int)])
     chosen = images.stratified_indices(short, [0, 1], 30, np.random.default_rng(0), "", "", "")
     assert np.bincount(short[chosen]).tolist() == [5, 25]
+
+
+def test_fashion_mnist_from_the_system_package_when_no_root_is_set(monkeypatch, tmp_path):
+    """Debian's dataset-fashion-mnist (gzipped IDX in /usr/share/datasets/fashion-mnist/) is
+    used when data.root is unset and the default root has no files — never when data.root
+    names a folder, and the missing-files line says how to install it."""
+    system = tmp_path / "usr-share-datasets-fashion-mnist"
+    synthetic.write_idx_dataset(system, 30, 20, seed=3)
+    monkeypatch.setitem(files.SYSTEM_FOLDERS, "fashion_mnist", (system,))
+    monkeypatch.setenv(files.ROOT_ENV, str(tmp_path / "empty-cache"))
+    data = make_dataset("fashion_mnist", n_train=20, n_test=10, n_probe=4)
+    assert data.image_shape == (1, 28, 28) and len(data.x_train) == 20
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        make_dataset("fashion_mnist", root=str(tmp_path / "elsewhere"), n_train=4, n_test=4)
+    with pytest.raises(DataError) as info:  # MNIST has no system package: no such advice
+        make_dataset("mnist", n_train=4, n_test=4)
+    assert "apt-get" not in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(files.find_system_idx_files("fashion_mnist") is None,
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_the_real_fashion_mnist_files_of_the_debian_package(monkeypatch, tmp_path):
+    monkeypatch.setenv(files.ROOT_ENV, str(tmp_path))
+    train_x, train_y, test_x, test_y = images.load_splits("fashion_mnist")
+    assert train_x.shape == (60000, 1, 28, 28) and test_x.shape == (10000, 1, 28, 28)
+    assert np.bincount(train_y).tolist() == [6000] * 10  # the published class balance
+    assert np.bincount(test_y).tolist() == [1000] * 10

@@ -91,6 +91,26 @@ SOURCES: dict[str, Source] = {
 }
 
 
+# Folders where a distribution's package installs the real files, looked in when data.root is
+# not set and the default root has none: Debian's ``dataset-fashion-mnist`` puts the four
+# gzipped IDX files in /usr/share/datasets/fashion-mnist/ (Debian recompresses them, so their
+# MD5s are not the published ones; the contents are, and the IDX reader checks their format).
+SYSTEM_FOLDERS: dict[str, tuple[Path, ...]] = {
+    "fashion_mnist": (Path("/usr/share/datasets/fashion-mnist"),),
+}
+# How to get them offline, for the missing-files message.
+SYSTEM_PACKAGES = {"fashion_mnist": "apt-get install dataset-fashion-mnist"}
+
+
+def find_system_idx_files(name: str) -> Optional[dict[str, Path]]:
+    """The four IDX files of ``name`` from a system package's folder, or None."""
+    for directory in SYSTEM_FOLDERS.get(name, ()):
+        found = find_idx_files(name, directory, folders=(".",))
+        if found is not None:
+            return found
+    return None
+
+
 def default_root() -> Path:
     """``$NTK_LAB_DATA`` if set, else the user's cache folder for ntk_lab."""
     env = os.environ.get(ROOT_ENV)
@@ -107,11 +127,13 @@ def resolve_root(root: Optional[str | Path]) -> Path:
 
 
 # ----------------------------------------------------------------------------- finding files
-def find_idx_files(name: str, root: Path) -> Optional[dict[str, Path]]:
+def find_idx_files(name: str, root: Path,
+                   folders: Optional[tuple[str, ...]] = None) -> Optional[dict[str, Path]]:
     """The four IDX files of ``name`` (base name -> path, ``.gz`` or not), or None if a folder
-    holding all four is not found."""
+    holding all four is not found. ``folders``: where under ``root`` to look (default: the
+    data set's folder, then torchvision's layout, then ``root`` itself)."""
     source = SOURCES[name]
-    for folder in (source.folder, *source.other_folders):
+    for folder in folders or (source.folder, *source.other_folders):
         directory = (root / folder).resolve()
         found = {}
         for base in IDX_FILES:
@@ -151,8 +173,9 @@ def missing_files_message(name: str, root: Path) -> str:
                  f"{where / cifar.BINARY_DIR}/, or the archive itself into {where}/")
     else:
         files = f"{', '.join(source.hashes)} (from {source.mirror}) into {where}/"
+    package = f", install them ({SYSTEM_PACKAGES[name]})" if name in SYSTEM_PACKAGES else ""
     return (f"data={name}: files not found under data.root={root}; put {files}, set data.root "
-            f"(or ${ROOT_ENV}) to a folder holding them, or run with data.download=true")
+            f"(or ${ROOT_ENV}) to a folder holding them{package}, or run with data.download=true")
 
 
 # ----------------------------------------------------------------------------- download

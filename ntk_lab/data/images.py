@@ -34,14 +34,16 @@ def load_splits(name: str, root: Optional[str | Path] = None, download: bool = F
                 mirror: Optional[str] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The full splits: train images (N, C, H, W) uint8, train labels (N,), test images, labels.
 
-    Looks in ``root`` (see :mod:`ntk_lab.data.image_files`); fetches the files first when they
-    are missing and ``download`` is set.
+    Looks in ``root`` (see :mod:`ntk_lab.data.image_files`), then — when ``root`` is not
+    given — in a system package's folder (Debian's ``dataset-fashion-mnist``); fetches the
+    files first when they are missing and ``download`` is set.
 
     Raises:
         DataError: missing files (saying which to put where), malformed files, a failed download.
     """
     if name not in IMAGE_DATASETS:
         raise DataError(f"data: unknown image dataset {name!r}; allowed: {', '.join(IMAGE_DATASETS)}")
+    root_given = root not in (None, "")
     root = files.resolve_root(root)
     if name == "cifar10":
         directory = _cifar_dir(root, download, mirror)
@@ -49,6 +51,8 @@ def load_splits(name: str, root: Optional[str | Path] = None, download: bool = F
         x_test, y_test = cifar.read_split(directory, train=False)
         return x_train, y_train, x_test, y_test
     found = files.find_idx_files(name, root)
+    if found is None and not root_given:  # e.g. Debian's dataset-fashion-mnist
+        found = files.find_system_idx_files(name)
     if found is None:
         if not download:
             raise DataError(files.missing_files_message(name, root))
