@@ -8,6 +8,7 @@ code 2 instead of Hydra's multi-line composition error.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from importlib import resources
@@ -21,6 +22,30 @@ from omegaconf import DictConfig, OmegaConf
 from ntk_lab.config import STUDY_BLOCKS, ConfigError
 from ntk_lab.data import DataError
 from ntk_lab.study import run_study
+from ntk_lab.training.loop import Interrupted
+
+
+class StopOnSignal:
+    """SIGINT / SIGTERM (Ctrl-C, Slurm preemption) stop the run wherever it is: the handler
+    raises :class:`Interrupted`, which the runner turns into an ``interrupted`` run with its
+    files intact, and the process exits with 128 + the signal's number (130, 143)."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[int] = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def install(self) -> None:
+        def handler(signum, _frame):
+            self.signal = signum
+            raise Interrupted(signum)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread (some launchers): keep the defaults
+                pass
 
 
 def config_dir() -> str:
@@ -54,10 +79,14 @@ def execute_study(preset: str, cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     started = time.time()
+    StopOnSignal().install()
     try:
         report = run_study(preset, plain, out_dir)
     except (ConfigError, DataError) as err:
         exit_with_error(str(err))
+    except Interrupted as stop:  # files the study wrote are whole (atomic writes)
+        print(f"ntk_lab: interrupted by {stop.name}: {out_dir}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     print(f"ntk_lab: ok ({time.time() - started:.0f} s): {report}")
 
 

@@ -31,9 +31,13 @@ from ntk_lab.models import (
 )
 from ntk_lab.models.custom import check_output_shape, check_sample_independence
 from ntk_lab.training.optimizers import OptimizerSettings, infinite_width_support
-from ntk_lab.records import STATUS_FAILED, STATUS_RUNNING, RunRecorder, write_summary
+from ntk_lab.records import (
+    STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, RunRecorder, write_summary,
+)
 from ntk_lab.records.storage import StoragePlan, plan_storage
-from ntk_lab.training.loop import TrainOutcome, TrainSettings, checkpoint_steps, train
+from ntk_lab.training.loop import (
+    Interrupted, TrainOutcome, TrainSettings, checkpoint_steps, train,
+)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -264,9 +268,16 @@ def run_experiment(
     nngp_inf = static["nngp_inf"].to(device) if kernels_on else None
     logger.start(config.flat())
     try:
-        outcome = train(model, data, settings, recorder, theta_inf=theta_inf,
-                        loss_scale=1.0 / config.model.output_scale**2, infinite=infinite,
-                        nngp_inf=nngp_inf, stop_requested=stop_requested)
+        try:
+            outcome = train(model, data, settings, recorder, theta_inf=theta_inf,
+                            loss_scale=1.0 / config.model.output_scale**2, infinite=infinite,
+                            nngp_inf=nngp_inf, stop_requested=stop_requested)
+        except Interrupted as stop:  # the rows reached and their kernels are kept
+            rows = recorder.rows
+            outcome = TrainOutcome(STATUS_INTERRUPTED, rows=list(rows),
+                                   last_step=int(rows[-1]["step"]) if rows else 0,
+                                   message=f"stopped by {stop.name} during training, after step "
+                                           f"{int(rows[-1]['step']) if rows else 0}")
         final = outcome.rows[-1] if outcome.rows else {}
         summary = _summary(config, outcome.status, outcome.message, started,
                            diverged_step=outcome.diverged_step, last_step=outcome.last_step,
@@ -323,6 +334,12 @@ def _draw_run_figures(run_dir: Path) -> None:
 def record_failure(config: RunConfig, run_dir: Path, message: str, started: float) -> None:
     """Mark a run that raised as ``failed`` (its metrics.csv keeps the rows it reached)."""
     write_summary(run_dir, _summary(config, STATUS_FAILED, message, started))
+
+
+def record_interruption(config: RunConfig, run_dir: Path, stop: Interrupted, started: float) -> None:
+    """Mark a run that a signal stopped before training began as ``interrupted``."""
+    write_summary(run_dir, _summary(config, STATUS_INTERRUPTED,
+                                    f"stopped by {stop.name} before training began", started))
 
 
 def preflight_refusal(config: RunConfig, job_num: Optional[int] = None) -> Optional[str]:

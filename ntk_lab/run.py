@@ -26,38 +26,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from ntk_lab import experiment
 from ntk_lab.analysis import analyze_sweep
-from ntk_lab.cli import check_command_line, config_dir, execute_study
+from ntk_lab.cli import StopOnSignal, check_command_line, config_dir, execute_study
 from ntk_lab.config import STUDY_BLOCKS, ConfigError, logger_config, study_of, validate
 from ntk_lab.data import DataError
 from ntk_lab.loggers import (
     DEFAULT_STORE_DIR, experiment_name, log_sweep_end, make_logger, prepare_sweep,
 )
+from ntk_lab.training.loop import Interrupted
 from ntk_lab.records import (
     FINISHED_STATUSES, STATUS_FAILED, STATUS_INTERRUPTED, SUMMARY_FILE, find_runs, read_run,
     write_summary,
 )
 
 log = logging.getLogger("ntk_lab")
-
-
-class _StopFlag:
-    """Set by SIGINT / SIGTERM (Slurm preemption) so the loop ends with consistent files."""
-
-    def __init__(self) -> None:
-        self.signal: Optional[int] = None
-
-    def __call__(self) -> bool:
-        return self.signal is not None
-
-    def install(self) -> None:
-        def handler(signum, _frame):
-            self.signal = signum
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                signal.signal(sig, handler)
-            except ValueError:  # not the main thread (some launchers): keep the defaults
-                pass
 
 
 def _user_error(message: str, run_dir: Path, in_multirun: bool, record: bool = True) -> None:
@@ -99,7 +80,7 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
             print(f"ntk_lab: resume: {run_dir} already finished ({previous.status}); skipped")
             return None
 
-    stop = _StopFlag()
+    stop = StopOnSignal()
     stop.install()
     started = time.time()
     try:
@@ -108,6 +89,10 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
                                        logger=_run_logger(config, hydra_cfg, run_dir, in_multirun))
     except (ConfigError, DataError) as err:
         return _user_error(str(err), run_dir, in_multirun)
+    except Interrupted as stop:  # before training began (data, Θ_∞, the prediction's kernels)
+        experiment.record_interruption(config, run_dir, stop, started)
+        print(f"ntk_lab: interrupted by {stop.name}: {run_dir}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     except Exception as err:  # a bug or a resource error: recorded, the sweep goes on
         message = f"{type(err).__name__}: {err}".splitlines()[0]
         (run_dir / "traceback.txt").write_text(traceback.format_exc())
@@ -215,7 +200,13 @@ class AnalyzeSweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         failed_inputs = _user_errors(sweep_dir)
         if config.get("analyze", True) and sweep_dir.is_dir() and not _is_study(config):
-            analysis_dir = analyze_sweep(sweep_dir)
+            StopOnSignal().install()  # Ctrl-C during a long analysis: one line, not a traceback
+            try:
+                analysis_dir = analyze_sweep(sweep_dir)
+            except Interrupted as stop:
+                print(f"ntk_lab: analysis interrupted by {stop.name}; rerun it with "
+                      f"python -m ntk_lab.analyze {sweep_dir}", file=sys.stderr)
+                sys.exit(128 + stop.signum)
             print(f"ntk_lab: sweep analysed: {analysis_dir / 'report.md'} and report.html")
         _sweep_tracker(config, "end")
         if failed_inputs:

@@ -108,6 +108,26 @@ class Recorder(Protocol):
     def checkpoint(self, row: dict, theta: Optional[Tensor], arrays: Optional[dict] = None) -> None: ...
 
 
+class Interrupted(BaseException):
+    """A signal (SIGINT, SIGTERM) asked the run to stop, wherever it was.
+
+    Raised by the command line's signal handler, so that a run stops within moments even in
+    the middle of Θ_∞, a kernel computation or data loading; a BaseException, so that no
+    ``except Exception`` on the way swallows it. The runner records the run as
+    ``interrupted``, with every file written so far intact.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name
+
+
 @dataclass
 class TrainOutcome:
     """How training ended: ``status`` ok / diverged / interrupted, with a message."""
