@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -23,7 +24,9 @@ from ntk_lab.data import Dataset, make_dataset
 from ntk_lab.models.layer_groups import trainable_layers
 from ntk_lab.dynamics.kernel_flow import KernelFlow
 from ntk_lab.dynamics.gradient_flow import GradientFlowPredictor
-from ntk_lab.kernels.network_limit import NO_LIMIT_REASON, infinite_width_of
+from ntk_lab.kernels.network_limit import (
+    NO_LIMIT_REASON, LimitCost, estimate_limit_cost, format_duration, infinite_width_of,
+)
 from ntk_lab.kernels.structured import factor_bytes_per_sample, fully_structured
 from ntk_lab.loggers import NullLogger, RunLogger
 from ntk_lab.models import (
@@ -121,7 +124,7 @@ def instrumentation(config: RunConfig) -> preflight.Instrumentation:
         n_checkpoints=len(checkpoint_steps(config.train.steps, k.checkpoints)),
         memory_budget_bytes=k.memory_budget_mb << 20, store=k.store, store_dtype=k.store_dtype,
         store_max_mb=k.store_max_mb, linearized=z.linearized,
-        infinite_width=z.infinite_width and k.enabled, kappa_hessian=z.kappa_hessian and k.enabled,
+        infinite_width=bool(z.infinite_width) and k.enabled, kappa_hessian=z.kappa_hessian and k.enabled,
         centered=config.model.center,
         optimizer_states={"sgd": 0, "momentum": 1, "adam": 2}[config.train.optimizer])
 
@@ -155,11 +158,52 @@ def build_model(config: RunConfig, data: Dataset, dtype: torch.dtype, device) ->
     return net
 
 
-def probe_kernels(config: RunConfig, data: Dataset) -> dict[str, torch.Tensor]:
+# A step estimated to take longer than this is announced in one line and gets a progress bar.
+ANNOUNCE_ABOVE_S = 2.0
+COST_LABELS = {"theta_inf_probe": "Θ_∞ on the probe set",
+               "prediction_kernels": "the infinite-width prediction's kernels"}
+
+
+def limit_costs(config: RunConfig, data: Dataset, prediction: bool) -> dict[str, LimitCost]:
+    """The estimated cost of each Θ_∞ computation of the run (kernels.network_limit): on the
+    probe set (upper triangle) and, when the run makes the prediction (``prediction``),
+    between train + test and train. ``data`` as the network takes it (images for a CNN)."""
+    spec, costs = config.model.spec(), {}
+    n_probe, n_train, n_test = len(data.x_probe), len(data.x_train), len(data.x_test)
+    probe = estimate_limit_cost(spec, data.x_probe, n_probe * (n_probe + 1) // 2)
+    if probe is not None:
+        costs["theta_inf_probe"] = probe
+    if prediction:
+        prediction = estimate_limit_cost(spec, data.x_train, (n_train + n_test) * n_train)
+        if prediction is not None:
+            costs["prediction_kernels"] = prediction
+    for name, cost in costs.items():
+        if cost.seconds > ANNOUNCE_ABOVE_S:
+            print(f"ntk_lab: {COST_LABELS[name]}: {cost.describe()} (estimated)")
+    return costs
+
+
+def prediction_skipped(config: RunConfig, costs: dict[str, LimitCost]) -> Optional[str]:
+    """Why ``lazy.infinite_width=auto`` skips the prediction (its kernels' estimate exceeds
+    ``lazy.max_minutes``), else None."""
+    cost = costs.get("prediction_kernels")
+    if config.lazy.infinite_width != "auto" or cost is None:
+        return None
+    if cost.seconds <= config.lazy.max_minutes * 60:
+        return None
+    cheaper = "fewer data.n_train / data.n_test"
+    if config.model.name == "cnn" and config.model.readout == "gap":
+        cheaper = "model.readout=flatten or " + cheaper
+    return (f"lazy.infinite_width=auto skipped the infinite-width prediction: its kernels would "
+            f"take {cost.describe()}, more than lazy.max_minutes={config.lazy.max_minutes:g}; "
+            f"lazy.infinite_width=true forces it, {cheaper} make it cheaper")
+
+
+def probe_kernels(config: RunConfig, data: Dataset, progress: bool = False) -> dict[str, torch.Tensor]:
     """Probe inputs, NNGP_∞ and Θ_∞ (float64) on them; Θ_∞ scaled by α² like the network."""
     m = config.model
     x = data.x_probe.to(torch.float64)
-    limit = infinite_width_of(m.spec(), x)
+    limit = infinite_width_of(m.spec(), x, progress=progress)
     if limit is None:  # a custom module: NaN, the reason in summary.json (NO_LIMIT_REASON)
         limit = (torch.full((len(x), len(x)), float("nan"), dtype=torch.float64),) * 2
     nngp, ntk = limit
@@ -176,7 +220,8 @@ def optimizer_settings(config: RunConfig) -> OptimizerSettings:
                              betas=t.betas, eps=t.eps, schedule=t.schedule)
 
 
-def infinite_width_predictor(config: RunConfig, data: Dataset) -> GradientFlowPredictor | KernelFlow:
+def infinite_width_predictor(config: RunConfig, data: Dataset,
+                             progress: bool = False) -> GradientFlowPredictor | KernelFlow:
     """Θ_∞ gradient flow on the train and test sets (float64, on the data's device): the MSE
     closed form for gradient descent, else the integrated flow of :mod:`ntk_lab.dynamics.kernel_flow`
     (cross-entropy; momentum's second-order equation).
@@ -186,7 +231,7 @@ def infinite_width_predictor(config: RunConfig, data: Dataset) -> GradientFlowPr
     """
     n = len(data.x_train)
     x = torch.cat([data.x_train, data.x_test]).to(torch.float64)
-    _, ntk = infinite_width_of(config.model.spec(), x, x[:n])
+    _, ntk = infinite_width_of(config.model.spec(), x, x[:n], progress=progress)
     y = data.y_train.to(torch.float64)
     t = config.train
     if t.loss == "mse" and t.optimizer == "sgd":
@@ -228,7 +273,15 @@ def run_experiment(
     plan = plan_storage(len(data.x_probe), len(checkpoint_steps(config.train.steps, config.ntk.checkpoints)),
                         dtype, store=config.ntk.store, store_dtype=config.ntk.store_dtype,
                         max_mb=config.ntk.store_max_mb) if kernels_on else StoragePlan("none", None, None, 0)
-    static = probe_kernels(config, data) if kernels_on else {"probe_x": data.x_probe}
+    predicts = bool(config.lazy.infinite_width) and config.model.name != "custom" and not (
+        infinite_width_support(optimizer_settings(config)))
+    costs = limit_costs(config, data, predicts) if kernels_on else {}
+    skipped = prediction_skipped(config, costs) if predicts else None
+    if skipped:  # said before the probe set's Θ_∞, which may itself take a while
+        print(f"ntk_lab: warning: {skipped}", file=sys.stderr)
+    long_ = {name: config.progress and cost.seconds > ANNOUNCE_ABOVE_S for name, cost in costs.items()}
+    static = (probe_kernels(config, data, progress=long_.get("theta_inf_probe", False))
+              if kernels_on else {"probe_x": data.x_probe})
     if data.y_probe is not None:
         static["probe_y"] = data.y_probe
     data = data.to(dtype, device)
@@ -240,6 +293,12 @@ def run_experiment(
         notes["infinite_width"] = no_prediction  # the reason for the NaN inf_* columns
     if config.model.name == "custom":  # no Θ_∞, so no infinite-width prediction either
         no_prediction = NO_LIMIT_REASON
+    if skipped:
+        notes["infinite_width"] = no_prediction = skipped
+    if costs:
+        notes["cost_estimates"] = {name: {"seconds": round(cost.seconds, 3), "pairs": cost.pairs,
+                                          "as_text": format_duration(cost.seconds)}
+                                   for name, cost in costs.items()}
     if not kernels_on:
         notes["kernels"] = "off (ntk.enabled=false): no empirical NTK, no Θ_∞ and no metric built on them"
     notes.update(geometry_notes(config, plan, model, len(data.x_probe), dtype))
@@ -263,7 +322,7 @@ def run_experiment(
     if not kernels_on:
         settings.record_jac_change = settings.kappa_hessian = False
     theta_inf = static["theta_inf"].to(device) if kernels_on else None
-    infinite = (infinite_width_predictor(config, data)
+    infinite = (infinite_width_predictor(config, data, progress=long_.get("prediction_kernels", False))
                 if config.lazy.infinite_width and kernels_on and not no_prediction else None)
     nngp_inf = static["nngp_inf"].to(device) if kernels_on else None
     logger.start(config.flat())

@@ -99,10 +99,11 @@ class NTKConfig:
 @dataclass
 class LazyConfig:
     linearized: bool
-    infinite_width: bool
+    infinite_width: bool | str  # True, False or "auto" (computed when under max_minutes)
     kappa_hessian: bool
     hessian_points: int
     hessian_iters: int
+    max_minutes: float = 5.0  # the estimate above which infinite_width=auto skips it
 
 
 @dataclass

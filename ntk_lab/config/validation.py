@@ -87,6 +87,12 @@ def _bool(key: str, value: Any) -> bool:
     raise _fail(key, value, "must be true or false")
 
 
+def _bool_or_auto(key: str, value: Any) -> bool | str:
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise _fail(key, value, "allowed: true, false, auto")
+
+
 def _device(value: Any) -> str:
     value = str(value)
     if value in ("auto", "cpu") or value == "cuda" or (
@@ -184,10 +190,13 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
     )
     z = LazyConfig(
         linearized=_bool("lazy.linearized", g(lazy, "lazy", "linearized", False)),
-        infinite_width=_bool("lazy.infinite_width", g(lazy, "lazy", "infinite_width", True)),
+        infinite_width=_bool_or_auto("lazy.infinite_width",
+                                     g(lazy, "lazy", "infinite_width", "auto")),
         kappa_hessian=_bool("lazy.kappa_hessian", g(lazy, "lazy", "kappa_hessian", False)),
         hessian_points=_int("lazy.hessian_points", g(lazy, "lazy", "hessian_points", 8), 1),
         hessian_iters=_int("lazy.hessian_iters", g(lazy, "lazy", "hessian_iters", 30), 1),
+        max_minutes=_float("lazy.max_minutes", g(lazy, "lazy", "max_minutes", 5.0),
+                           lambda v: v > 0, "must be a number of minutes > 0"),
     )
     plain_gd = (t.loss, t.optimizer, t.schedule, t.weight_decay) == ("mse", "sgd", "constant", 0.0)
     if z.linearized and not plain_gd:

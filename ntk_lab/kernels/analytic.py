@@ -67,6 +67,7 @@ def infinite_width_kernels(
     width: Optional[int] = None,
     quadrature_degree: Optional[int] = None,
     memory_budget_bytes: Optional[int] = None,
+    progress: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """Infinite-width NNGP and NTK of a network between x1 and x2.
 
@@ -84,6 +85,7 @@ def infinite_width_kernels(
         memory_budget_bytes: with ``model=``: cap on one tile's working memory (the
             (N, N, P, P) covariance of a globally pooled CNN is computed in tiles of input
             blocks); None: the default tile size only.
+        progress: with ``model=``: a progress bar over the tiles.
         x1: inputs, shape (N1, d).
         x2: inputs, shape (N2, d), or None for x1 (then only half the pairs are computed and
             the result is exactly symmetric).
@@ -132,7 +134,7 @@ def infinite_width_kernels(
     if model is not None:
         if activation is not None or depth is not None:
             raise ValueError("pass either model=net or the MLP keywords (activation=, depth=, ...), not both")
-        return _model_kernels(model, x1, x2, memory_budget_bytes)
+        return _model_kernels(model, x1, x2, memory_budget_bytes, progress)
     if activation is None or depth is None:
         raise ValueError("infinite_width_kernels needs model=net, or activation= and depth= (the MLP)")
     act = get_activation(activation)
@@ -197,7 +199,7 @@ def infinite_width_kernels(
 
 # --------------------------------------------------------------------------- model= form
 def _model_kernels(model: nn.Module, x1: Tensor, x2: Optional[Tensor],
-                   memory_budget_bytes: Optional[int]) -> Tuple[Tensor, Tensor]:
+                   memory_budget_bytes: Optional[int], progress: bool = False) -> Tuple[Tensor, Tensor]:
     """Θ_∞ of a built-in network by its composed kernel maps, after checking the inputs fit it."""
     layers = kernel_layers(model)
     for name, x in (("x1", x1), ("x2", x2)):
@@ -215,7 +217,8 @@ def _model_kernels(model: nn.Module, x1: Tensor, x2: Optional[Tensor],
                              f"{str(err).splitlines()[0]}") from None
     if x2 is not None and x2.shape[1:] != x1.shape[1:]:
         raise ValueError(f"x1 and x2 need the same input shape, got {tuple(x1.shape[1:])} and {tuple(x2.shape[1:])}")
-    return composed_kernels(layers, x1, x2, memory_budget_bytes=memory_budget_bytes)
+    return composed_kernels(layers, x1, x2, memory_budget_bytes=memory_budget_bytes,
+                            progress=progress)
 
 
 # --------------------------------------------------------------------------- layer plans

@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ntk_lab.layers.state import KernelState
 
@@ -39,6 +40,7 @@ def composed_kernels(
     *,
     memory_budget_bytes: Optional[int] = None,
     tile_bytes: int = DEFAULT_TILE_BYTES,
+    progress: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """(NNGP, NTK) of the network whose kernel layers are ``layers``, float64 (N1, N2).
 
@@ -49,6 +51,7 @@ def composed_kernels(
         memory_budget_bytes: cap on the working memory of one tile (None: no cap beyond
             ``tile_bytes``).
         tile_bytes: target bytes of one pair tensor of a tile.
+        progress: a tqdm bar over the tiles (for computations of more than a few seconds).
 
     Returns:
         (nngp, ntk): float64 (N1, N2) on x1's device.
@@ -65,7 +68,9 @@ def composed_kernels(
     n1, n2 = len(x1), len(x2)
     nngp = torch.empty(n1, n2, dtype=torch.float64, device=x1.device)
     ntk = torch.empty_like(nngp)
-    for rows, cols, on_diagonal in _tiles(n1, n2, symmetric, side):
+    tiles = list(_tiles(n1, n2, symmetric, side))
+    for rows, cols, on_diagonal in tqdm(tiles, desc="Θ_∞ tiles", disable=not progress, leave=False,
+                                        dynamic_ncols=True):
         state = KernelState.from_inputs(x1[rows], x2[cols], full)
         for layer in layers:
             state = layer.kernel_map(state)

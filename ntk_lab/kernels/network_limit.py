@@ -1,9 +1,18 @@
 """Θ_∞ of a network described by its settings: the question "what is this network's
-infinite-width kernel?" answered next to the kernels (models never import kernels).
+infinite-width kernel?" answered next to the kernels (models never import kernels) — and
+how long it will take, before it is asked.
+
+The cost of Θ_∞ grows with the number of input pairs and, for a conv net, with the positions
+each pair carries: (P, P) per pair for global average pooling, P for a flatten readout. Rather
+than model the arithmetic, :func:`estimate_limit_cost` times the same computation on a few
+inputs of the same shape (milliseconds) and scales by the number of pairs; small blocks are
+less efficient than the large tiles of the real computation, so the estimate errs high.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -16,13 +25,14 @@ NO_LIMIT_REASON = ("model=custom: a user's module has no known infinite-width li
                    "test_loss_kernel_regression with lazy.infinite_width) are NaN or not recorded")
 
 
-def infinite_width_of(spec: NetworkSpec, x1: torch.Tensor, x2: Optional[torch.Tensor] = None):
+def infinite_width_of(spec: NetworkSpec, x1: torch.Tensor, x2: Optional[torch.Tensor] = None, *,
+                      progress: bool = False):
     """(NNGP_∞, Θ_∞) float64 of the network ``spec`` describes between x1 and x2, or None for
     a custom module (no known limit: :data:`NO_LIMIT_REASON`).
 
     The MLP uses the keyword form of :func:`ntk_lab.kernels.infinite_width_kernels`; CNN and
     ResMLP are built on the ``meta`` device (no storage: their kernel maps need only the
-    layers' coefficients) and their maps composed.
+    layers' coefficients) and their maps composed; ``progress`` shows a bar over their tiles.
     """
     if spec.name == "custom":
         return None
@@ -33,4 +43,65 @@ def infinite_width_of(spec: NetworkSpec, x1: torch.Tensor, x2: Optional[torch.Te
     meta = torch.device("meta")
     with meta:
         net = build_network(spec, tuple(x1.shape[1:]), 1, seed=None, dtype=torch.float64, device=meta)
-    return infinite_width_kernels(x1, x2, model=net)
+    return infinite_width_kernels(x1, x2, model=net, progress=progress)
+
+
+# The calibration doubles its block of inputs until one call takes CALIBRATION_S with at least
+# CALIBRATION_MIN_INPUTS per side (so that the per-call cost of a few Python-level layer maps
+# is shared by 16 pairs or more), or one call takes CALIBRATION_MAX_S (large images: that
+# block is representative), or CALIBRATION_MAX_INPUTS per side are used.
+CALIBRATION_S = 0.02
+CALIBRATION_MIN_INPUTS = 4
+CALIBRATION_MAX_S = 0.5
+CALIBRATION_MAX_INPUTS = 64
+
+
+@dataclass(frozen=True)
+class LimitCost:
+    """The estimated cost of Θ_∞ for ``pairs`` input pairs: ``seconds`` on this machine."""
+
+    pairs: int
+    seconds: float
+    seconds_per_pair: float
+
+    def describe(self) -> str:
+        return f"~{format_duration(self.seconds)} for {self.pairs:,} pairs of inputs"
+
+
+def estimate_limit_cost(spec: NetworkSpec, x: torch.Tensor, pairs: int) -> Optional[LimitCost]:
+    """Seconds that (NNGP_∞, Θ_∞) of ``spec`` will take for ``pairs`` input pairs like ``x``'s
+    rows, timed on blocks of 1, 2, 4, … of them (None for a custom module: no limit).
+
+    Args:
+        spec: the network's settings.
+        x: (N, …) inputs of the shape the network takes (at least one).
+        pairs: how many (x, x') pairs the real computation evaluates.
+    """
+    if spec.name == "custom" or pairs <= 0:
+        return None
+    x = x.to(torch.float64)
+    infinite_width_of(spec, x[:1], x[:1].clone())  # warm-up: first-call costs are not per pair
+    n, spent = 1, 0.0
+    while True:
+        a = x[:n]
+        b = x[n:2 * n] if len(x) >= 2 * n else x[:n].clone()  # not symmetric: n² pairs
+        started = time.perf_counter()
+        infinite_width_of(spec, a, b)
+        spent = time.perf_counter() - started
+        enough = spent >= CALIBRATION_S and n >= CALIBRATION_MIN_INPUTS
+        if enough or spent >= CALIBRATION_MAX_S or 2 * n > min(len(x), CALIBRATION_MAX_INPUTS):
+            break
+        n *= 2
+    per_pair = spent / (len(a) * len(b))
+    return LimitCost(pairs, per_pair * pairs, per_pair)
+
+
+def format_duration(seconds: float) -> str:
+    """``0.4 s``, ``12 s``, ``3.2 min``, ``5.1 h``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
