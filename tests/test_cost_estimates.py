@@ -81,10 +81,11 @@ def test_the_estimate_scales_the_timed_block_by_the_pairs(monkeypatch):
     clock = [0.0]
     per_pair = 3e-3
 
-    def fake_limit(spec, x1, x2=None, *, progress=False):
-        clock[0] += per_pair * len(x1) * len(x1 if x2 is None else x2)
+    def fake_limit(x1, x2, progress):
+        clock[0] += per_pair * len(x1) * len(x2)
 
-    monkeypatch.setattr(network_limit, "infinite_width_of", fake_limit)
+    monkeypatch.setattr(network_limit, "_limit_function", lambda spec, in_shape: (
+        None if spec.name == "custom" else fake_limit))
     monkeypatch.setattr(network_limit.time, "perf_counter", lambda: clock[0])
     import torch
 
