@@ -53,23 +53,36 @@ def _choices(key: str, value: Any, allowed: tuple[str, ...]) -> list[str]:
         raise _fail(key, value, f"a non-empty list of {', '.join(allowed)}") from None
 
 
+# Each study block's keys and their checks: (full key, value) -> checked value.
+COORD_CHECK_CHECKS = {
+    "widths": lambda k, v: _int_list(k, v, 1),
+    "parameterizations": lambda k, v: _choices(k, v, PARAMETERIZATIONS),
+    "seeds": lambda k, v: _int_list(k, v, 0),
+    "steps": lambda k, v: _int(k, v, 1),
+    "lr": lambda k, v: _float(k, v, lambda x: x > 0, "must be a number > 0"),
+}
+FLUCTUATION_CHECKS = {
+    "widths": lambda k, v: _int_list(k, v, 1),
+    "depths": lambda k, v: _int_list(k, v, 1),
+    "n_seeds": lambda k, v: _int(k, v, 2),
+    "in_dim": lambda k, v: _int(k, v, 1),
+}
+
+
+def _study_settings(plain: Mapping[str, Any], preset: str, checks: Mapping) -> tuple[RunConfig, dict]:
+    config = validate(plain)
+    name = STUDY_BLOCKS[preset]
+    block = _block(plain, name, preset)
+    return config, {key: check(f"{name}.{key}", block.get(key)) for key, check in checks.items()}
+
+
 def coord_check_settings(plain: Mapping[str, Any]) -> tuple[RunConfig, dict]:
     """The run-level settings and the ``coord_check:`` block, checked.
 
     Raises:
         ConfigError: one line naming the key and what is allowed.
     """
-    config = validate(plain)
-    block = _block(plain, "coord_check", COORD_CHECK_PRESET)
-    settings = {
-        "widths": _int_list("coord_check.widths", block.get("widths"), 1),
-        "parameterizations": _choices("coord_check.parameterizations",
-                                      block.get("parameterizations"), PARAMETERIZATIONS),
-        "seeds": _int_list("coord_check.seeds", block.get("seeds"), 0),
-        "steps": _int("coord_check.steps", block.get("steps"), 1),
-        "lr": _float("coord_check.lr", block.get("lr"), lambda v: v > 0, "must be a number > 0"),
-    }
-    return config, settings
+    return _study_settings(plain, COORD_CHECK_PRESET, COORD_CHECK_CHECKS)
 
 
 def fluctuation_settings(plain: Mapping[str, Any]) -> tuple[RunConfig, dict]:
@@ -78,15 +91,7 @@ def fluctuation_settings(plain: Mapping[str, Any]) -> tuple[RunConfig, dict]:
     Raises:
         ConfigError: one line naming the key and what is allowed.
     """
-    config = validate(plain)
-    block = _block(plain, "fluctuations", FLUCTUATIONS_PRESET)
-    settings = {
-        "widths": _int_list("fluctuations.widths", block.get("widths"), 1),
-        "depths": _int_list("fluctuations.depths", block.get("depths"), 1),
-        "n_seeds": _int("fluctuations.n_seeds", block.get("n_seeds"), 2),
-        "in_dim": _int("fluctuations.in_dim", block.get("in_dim"), 1),
-    }
-    return config, settings
+    return _study_settings(plain, FLUCTUATIONS_PRESET, FLUCTUATION_CHECKS)
 
 
 def study_of(plain: Mapping[str, Any]) -> str | None:
