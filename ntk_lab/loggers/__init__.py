@@ -74,6 +74,10 @@ def make_logger(
         default_store_dir: where the default MLflow store lives.
         tags: further MLflow tags.
 
+    Returns an inactive logger (``active`` false, ``failure`` the reason) after one warning
+    when ``tracking_uri`` names a tracking server that does not answer within
+    :data:`~ntk_lab.loggers.mlflow_logger.REACHABILITY_TIMEOUT_S`.
+
     Raises:
         ValueError: an unknown name (config validation stops that earlier).
     """
@@ -85,9 +89,16 @@ def make_logger(
 
         return GuardedLogger(TensorBoardLogger(run_dir), name)
     if name == "mlflow":
-        from ntk_lab.loggers.mlflow_logger import MlflowLogger, TAG_RUN_DIR, resolve_tracking_uri
+        from ntk_lab.loggers.mlflow_logger import (
+            MlflowLogger, TAG_RUN_DIR, resolve_tracking_uri, unreachable_message,
+        )
 
         uri = resolve_tracking_uri(tracking_uri, default_store_dir)
+        problem = unreachable_message(uri)  # before MLflow's client would retry for minutes
+        if problem:
+            log.warning("logger=mlflow: %s; the run goes on without the logger and keeps its "
+                        "files", problem)
+            return GuardedLogger.off(name, problem)
         all_tags = {TAG_RUN_DIR: str(run_dir.resolve()), **dict(tags or {})}
         return GuardedLogger(MlflowLogger(uri, experiment, run_name or run_dir.name, all_tags),
                              name)
@@ -100,7 +111,9 @@ def prepare_sweep(
 ) -> None:
     """Before a multirun's jobs: ``mlflow`` creates the store and the sweep's experiment once,
     so that parallel jobs (``hydra/launcher=local_parallel``) do not race to create them.
-    Never raises: a failure is one warning (each job then warns as it finds the store)."""
+    Never raises: a failure, a tracking server that does not answer among them (asked once,
+    :func:`~ntk_lab.loggers.mlflow_logger.open_client`), is one warning (each job then warns
+    as it finds the store)."""
     if name != "mlflow":
         return
     from ntk_lab.loggers.mlflow_logger import open_client, open_experiment, resolve_tracking_uri
@@ -120,7 +133,8 @@ def log_sweep_end(
     """At the end of a multirun: ``mlflow`` records the sweep as its jobs' parent run (the
     command, the status counts, fits.csv, the analysis folder); the other trackers need
     nothing more (``tensorboard --logdir <sweep>`` finds every job's ``tb/``). Never raises:
-    a tracker failure is one warning, the sweep's files are already written."""
+    a tracker failure (a tracking server that does not answer is found in one short request)
+    is one warning, the sweep's files are already written."""
     if name != "mlflow":
         return
     from ntk_lab.loggers.mlflow_logger import log_sweep, resolve_tracking_uri, sweep_params

@@ -62,6 +62,14 @@ class GuardedLogger:
         self.name = name
         self.failure: Optional[str] = None  # the first error, once there is one
 
+    @classmethod
+    def off(cls, name: str, reason: str) -> "GuardedLogger":
+        """A tracker that could not be used from the start (its server does not answer): it
+        forwards nothing and reports ``reason`` as its failure; the caller has warned."""
+        guarded = cls(NullLogger(), name)
+        guarded.failure = reason
+        return guarded
+
     @property
     def active(self) -> bool:
         return self.failure is None

@@ -15,16 +15,29 @@
 
 The MLflow client is used with an explicit tracking URI, never MLflow's process-global
 "active run", so nothing leaks between runs in one process.
+
+A tracking server (``http(s)://``) is asked for one HTTP answer, within
+:data:`REACHABILITY_TIMEOUT_S`, before a client is opened on it (:func:`server_unreachable`):
+MLflow's own client would retry a dead server for minutes. Requests once a client is open
+are capped by :data:`HTTP_ENV_DEFAULTS`, so a server that goes away mid-run stalls a run for
+seconds, not minutes.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+import ssl
+import threading
 import time
+import urllib.error
+import urllib.request
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from ntk_lab.loggers.base import metric_values, run_figures
 
@@ -45,6 +58,22 @@ MAX_PARAM_CHARS = 6000
 # Characters MLflow accepts in a metric or param name on every platform.
 _BAD_NAME_CHARS = re.compile(r"[^\w.\- /]")
 
+REACHABILITY_TIMEOUT_S = 3.0
+"""How long a tracking server has to answer one HTTP request before a run goes on without it:
+a server on the same network answers in milliseconds, and a run waits at most this long at
+its start (and a sweep at its start and its end) for one that is down."""
+
+HTTP_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+"""MLflow's REST client retries a failed request 7 times with a backoff factor of 2 and waits
+120 s for each answer: minutes per call, a warning per retry, against a server that went away
+mid-run. These caps (set only where the environment does not already set them) end such a call
+within about 50 s when the server is silent and a few seconds when it refuses connections;
+15 s without a byte is far longer than a working server takes even for an artifact upload."""
+
 
 def resolve_tracking_uri(setting: Optional[str], default_dir: Path) -> str:
     """The tracking URI: ``setting`` when it is a URI, a SQLite store in the folder it
@@ -62,11 +91,26 @@ def local_store_dir(tracking_uri: str) -> Optional[Path]:
     return Path(tracking_uri[len("sqlite:///"):]).parent
 
 
+class ServerUnreachable(RuntimeError):
+    """A tracking server that did not answer within :data:`REACHABILITY_TIMEOUT_S`."""
+
+
 def open_client(tracking_uri: str):
-    """An MLflow client on ``tracking_uri``; a local store's folder is created first."""
+    """An MLflow client on ``tracking_uri``; a local store's folder is created first.
+
+    Raises:
+        ServerUnreachable: a tracking server that does not answer (one line, at once, instead
+            of MLflow's minutes of retries).
+    """
+    problem = unreachable_message(tracking_uri)
+    if problem:
+        raise ServerUnreachable(problem)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations: one line each
     from mlflow.tracking import MlflowClient
 
+    if _is_http(tracking_uri):
+        for key, value in HTTP_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
     folder = local_store_dir(tracking_uri)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -171,9 +215,9 @@ def log_sweep(
     Returns:
         The parent run's id. A sweep recorded again (``resume=true``) reuses its parent run.
     """
+    client = open_client(tracking_uri)  # first: a server that does not answer, at once
     from mlflow.entities import Metric, Param
 
-    client = open_client(tracking_uri)
     experiment_id = open_experiment(client, experiment, tracking_uri)
     found = client.search_runs([experiment_id], f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}'",
                                max_results=1)
@@ -258,6 +302,84 @@ def param_text(value: Any) -> str:
     """A param value as text within MLflow's length limit."""
     text = "none" if value is None else str(value)
     return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 1] + "…"
+
+
+def unreachable_message(tracking_uri: str) -> Optional[str]:
+    """One line naming the tracking server (without credentials) and why it cannot be used,
+    or None: a reachable server, or a local store (``sqlite:``, ``file:``, a folder)."""
+    reason = server_unreachable(tracking_uri)
+    if reason is None:
+        return None
+    return f"the tracking server {_without_credentials(tracking_uri)} is not reachable ({reason})"
+
+
+def server_unreachable(uri: str, timeout: float = REACHABILITY_TIMEOUT_S) -> Optional[str]:
+    """Why the server of an ``http(s)://`` URI did not answer one HTTP request within
+    ``timeout`` seconds, in a few words; None when it answered (any status — 401 and 404 are a
+    server too, and a TLS handshake is one) and for every other kind of URI, which names a
+    local store with no server to wait for.
+
+    The request runs on a daemon thread joined for ``timeout``, so that neither a name lookup
+    nor a server that accepts connections and never answers holds the caller longer.
+    """
+    if not _is_http(uri):
+        return None
+    outcome: list[Optional[str]] = []
+    probe = threading.Thread(target=lambda: outcome.append(_ask(uri, timeout)), daemon=True,
+                             name="ntk_lab-tracking-probe")
+    probe.start()
+    probe.join(timeout)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer: the server is there (MLflow decides whether to follow it)."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _ask(uri: str, timeout: float) -> Optional[str]:
+    """One GET of the URI (its credentials left out: any answer will do), on the probe's
+    thread; None when something answered, else :func:`_why` it did not."""
+    parts = urlsplit(uri)
+    url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path or "/", "", ""))
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(url, method="GET"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:  # a status code: a server answered
+        return None
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, ssl.SSLError):  # TLS answered; its certificate is MLflow's call
+            return None
+        return _why(err.reason, timeout)
+    except (OSError, HTTPException, ValueError) as err:
+        return None if isinstance(err, ssl.SSLError) else _why(err, timeout)
+
+
+def _why(err: Any, timeout: float) -> str:
+    """A failed request's cause in a few words for the warning line (urllib's reasons are
+    exceptions or, for a bad URL, text)."""
+    if isinstance(err, str):
+        return err
+    if isinstance(err, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(err, HTTPException):
+        return f"no HTTP answer: {type(err).__name__}"
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _is_http(uri: str) -> bool:
+    return urlsplit(uri).scheme.lower() in ("http", "https")
+
+
+def _without_credentials(uri: str) -> str:
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def mlflow_missing() -> Optional[str]:
