@@ -93,10 +93,10 @@ def versions() -> dict[str, Any]:
     return info
 
 
-def memory_refusal(config: RunConfig, data: Dataset, device: torch.device) -> Optional[str]:
-    """The one-line refusal when the run's estimated peak memory exceeds what the device has
-    free (:mod:`ntk_lab.training.preflight`), else None. Allocates nothing: the network is measured on
-    the ``meta`` device."""
+def memory_check(config: RunConfig, data: Dataset, device: torch.device) -> preflight.MemoryCheck:
+    """The run's memory preflight (:mod:`ntk_lab.training.preflight`): its estimated peak, what
+    the device has free, and the one-line refusal (``.refusal``) when the first exceeds the
+    second. Allocates nothing: the network is measured on the ``meta`` device."""
     dtype = DTYPES[config.precision]
     sample = data.x_train[:1].to(dtype)
     try:
@@ -107,13 +107,20 @@ def memory_refusal(config: RunConfig, data: Dataset, device: torch.device) -> Op
             feature_bytes=lambda net: _structured_feature_bytes(net, sample))
     except ConfigError:
         raise
-    except Exception:  # a user's module that cannot be built on the meta device: no estimate
-        if config.model.name == "custom":
-            return None
-        raise
-    estimate = preflight.estimate_memory(shape, instrumentation(config), device.type)
-    available, where = preflight.available_memory(device)
-    return preflight.refusal(estimate, available, where)
+    except Exception as err:  # a user's module that cannot be built on the meta device
+        if config.model.name != "custom":
+            raise
+        check = preflight.could_not_size(err, "the custom module")  # .unsized says why
+    else:
+        check = preflight.MemoryCheck(
+            preflight.estimate_memory(shape, instrumentation(config), device.type),
+            preflight.available_memory(device))
+    return check
+
+
+def memory_refusal(config: RunConfig, data: Dataset, device: torch.device) -> Optional[str]:
+    """:func:`memory_check`'s one-line refusal, or None."""
+    return memory_check(config, data, device).refusal
 
 
 def instrumentation(config: RunConfig) -> preflight.Instrumentation:
@@ -173,8 +180,10 @@ def limit_costs(config: RunConfig, data: Dataset, prediction: bool) -> dict[str,
     probe = estimate_limit_cost(spec, data.x_probe, n_probe * (n_probe + 1) // 2)
     if probe is not None:
         costs["theta_inf_probe"] = probe
-    if prediction:
-        prediction = estimate_limit_cost(spec, data.x_train, (n_train + n_test) * n_train)
+    if prediction:  # the blocks infinite_width_predictor computes: train×train (symmetric), test×train
+        limit_s = 60.0 * config.lazy.max_minutes if config.lazy.infinite_width == "auto" else None
+        prediction = estimate_limit_cost(spec, data.x_train, n_train * (n_train + 1) // 2 + n_test * n_train,
+                                         confirm_above=limit_s)
         if prediction is not None:
             costs["prediction_kernels"] = prediction
     for name, cost in costs.items():
@@ -229,15 +238,17 @@ def infinite_width_predictor(config: RunConfig, data: Dataset,
     The dynamics are driven by Θ·loss_scale; for an α-scaled network that is α²Θ_∞/α² = Θ_∞,
     so the unscaled Θ_∞ is used whatever α.
     """
-    n = len(data.x_train)
-    x = torch.cat([data.x_train, data.x_test]).to(torch.float64)
-    _, ntk = infinite_width_of(config.model.spec(), x, x[:n], progress=progress)
+    spec = config.model.spec()
+    x_train, x_test = data.x_train.to(torch.float64), data.x_test.to(torch.float64)
+    # only the two blocks the flow uses, each once; train×train by its upper triangle
+    _, train_train = infinite_width_of(spec, x_train, progress=progress)
+    _, test_train = infinite_width_of(spec, x_test, x_train, progress=progress)
     y = data.y_train.to(torch.float64)
     t = config.train
     if t.loss == "mse" and t.optimizer == "sgd":
-        return GradientFlowPredictor(ntk[:n], ntk[n:], y)
+        return GradientFlowPredictor(train_train, test_train, y)
     momentum = t.momentum if t.optimizer == "momentum" else 0.0
-    return KernelFlow(ntk[:n], ntk[n:], y, loss=t.loss, momentum=momentum, lr=t.lr)
+    return KernelFlow(train_train, test_train, y, loss=t.loss, momentum=momentum, lr=t.lr)
 
 
 def _summary(config: RunConfig, status: str, message: str, started: float, **extra) -> dict:
@@ -265,9 +276,9 @@ def run_experiment(
     dtype = DTYPES[config.precision]
     torch.manual_seed(config.train.seed)
     data = network_inputs(config.model.name, make_dataset(config.data.name, **data_settings(config.data)))
-    problem = memory_refusal(config, data, device)
-    if problem:
-        raise ConfigError(problem)
+    memory = memory_check(config, data, device)
+    if memory.refusal:
+        raise ConfigError(memory.refusal)
     model = build_model(config, data, dtype, device)
     kernels_on = config.ntk.enabled
     plan = plan_storage(len(data.x_probe), len(checkpoint_steps(config.train.steps, config.ntk.checkpoints)),
@@ -287,7 +298,8 @@ def run_experiment(
     data = data.to(dtype, device)
     config.model.out_dim = data.out_dim
     config.device = str(device)
-    notes = {"kernel_store": plan.level, **custom_module_notes(config, model, data)}
+    notes = {"kernel_store": plan.level, "memory_preflight": memory.record(),
+             **custom_module_notes(config, model, data)}
     no_prediction = infinite_width_support(optimizer_settings(config))
     if no_prediction and config.lazy.infinite_width and kernels_on:
         notes["infinite_width"] = no_prediction  # the reason for the NaN inf_* columns

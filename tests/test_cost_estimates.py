@@ -41,8 +41,11 @@ def test_auto_skips_a_prediction_longer_than_max_minutes_with_one_warning(tmp_pa
     assert summary["infinite_width"].startswith("lazy.infinite_width=auto skipped")
     assert "lazy.max_minutes=1e-09" in summary["infinite_width"]
     cost = summary["cost_estimates"]["prediction_kernels"]
-    assert cost["pairs"] == (N_TRAIN + N_TEST) * N_TRAIN and cost["seconds"] > 0
+    # the blocks the prediction computes: train×train by its upper triangle, test×train
+    assert cost["pairs"] == N_TRAIN * (N_TRAIN + 1) // 2 + N_TEST * N_TRAIN and cost["seconds"] > 0
     assert summary["cost_estimates"]["theta_inf_probe"]["pairs"] == N_PROBE * (N_PROBE + 1) // 2
+    memory = summary["memory_preflight"]  # the preflight's numbers are kept beside the costs
+    assert memory["refused"] is False and memory["estimate_bytes"] > 0 and memory["not_sized"] is None
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert metrics[["inf_gap", "test_loss_inf"]].isna().all().all()
     assert metrics["ntk_err_inf"].notna().all()  # the probe set's Θ_∞ is always computed
@@ -91,3 +94,36 @@ def test_the_estimate_scales_the_timed_block_by_the_pairs(monkeypatch):
     assert cost.seconds == pytest.approx(30.0)
     assert network_limit.estimate_limit_cost(NetworkSpec("custom", 8, 1), torch.zeros(4, 3), 9) is None
     assert network_limit.format_duration(7200 * 1.5) == "3.0 h"
+
+
+def test_an_estimate_over_the_limit_is_calibrated_again_and_the_lowest_kept(monkeypatch):
+    """A machine stall during the first calibration (100× slower) makes the estimate exceed the
+    caller's limit; with confirm_above it is calibrated again and the true rate wins; without
+    it the one draw stands. A computation that really is slow stays slow however often it is
+    timed (CONFIRM_TRIES more calibrations, then the estimate stands)."""
+    clock, slowdown, calls = [0.0], [1.0], [0]
+
+    def fake_limit(x1, x2, progress):
+        clock[0] += 1e-3 * len(x1) * len(x2) * slowdown[0]
+
+    real_calibration = network_limit._seconds_per_pair
+
+    def counted(limit, x):
+        calls[0] += 1
+        value = real_calibration(limit, x)
+        slowdown[0] = stall_after[0]
+        return value
+
+    monkeypatch.setattr(network_limit, "_limit_function", lambda spec, in_shape: fake_limit)
+    monkeypatch.setattr(network_limit, "_seconds_per_pair", counted)
+    monkeypatch.setattr(network_limit.time, "perf_counter", lambda: clock[0])
+    spec, x = NetworkSpec("mlp", 8, 1), torch.zeros(40, 3)
+    stall_after = [1.0]
+    cases = ((None, 100.0, 1.0, 0.1, 1),            # one stalled draw, no limit: it stands
+             (60.0, 100.0, 1.0, 1e-3, 2),           # over the limit: calibrated again
+             (60.0, 100.0, 100.0, 0.1, 1 + network_limit.CONFIRM_TRIES))  # really slow
+    for confirm, first, after, expected, n_calibrations in cases:
+        calls[0], slowdown[0], stall_after[0] = 0, first, after
+        cost = network_limit.estimate_limit_cost(spec, x, 10_000, confirm_above=confirm)
+        assert cost.seconds_per_pair == pytest.approx(expected)
+        assert calls[0] == n_calibrations

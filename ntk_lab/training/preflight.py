@@ -16,17 +16,19 @@ points, K checkpoints):
 | infinite-width prediction | (n_train + n_test) × n_train × 8 × 2 + n_train² × 8 × 3 | data.n_train |
 | runtime | the Python process with torch, Hydra and pandas loaded (CPU only) | — |
 
-It is compared with what is free: ``MemAvailable`` (and a cgroup limit, as under Slurm) on the
-CPU, ``torch.cuda.mem_get_info`` on a GPU. ``tests/test_preflight.py`` holds the estimate
-against measured peaks of small runs (within a factor of 1.5).
+It is compared with what is free: ``MemAvailable`` and the headroom under this process's
+cgroup memory limits (v1 or v2, its own cgroup and every ancestor, as under Slurm or in a
+container) on the CPU, ``torch.cuda.mem_get_info`` on a GPU. When neither can be read the run
+is not refused, and :class:`MemoryCheck` records that the free memory was unknown.
+``tests/test_preflight.py`` holds the estimate against measured peaks of small runs (within a
+factor of 1.5).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -220,51 +222,158 @@ def _dtype(itemsize: int) -> torch.dtype:
     return torch.float64 if itemsize == 8 else torch.float32
 
 
-def available_memory(device: torch.device) -> tuple[int, str]:
-    """(bytes free, a description) for the device the run will use."""
+UNKNOWN_WHERE = "unknown (could not read MemAvailable or a cgroup limit)"
+
+CGROUP_UNLIMITED_FLOOR = 1 << 62
+"""A cgroup limit this large is no limit, when the machine's RAM cannot be read to compare it
+with: cgroup v1 writes "no limit" as its largest page count in bytes (9223372036854771712 with
+4 KiB pages, other values near 2⁶³ with other page sizes)."""
+
+
+class FreeMemory(NamedTuple):
+    """What the run's device has free: ``bytes`` (None when it could not be read — then
+    nothing is refused) and ``where`` they were read, as the refusal and summary.json say it."""
+
+    bytes: Optional[int]
+    where: str
+
+
+def available_memory(device: torch.device, root: Path = Path("/")) -> FreeMemory:
+    """What is free for the run: on a GPU what CUDA reports; on the CPU the smaller of
+    ``MemAvailable`` and the headroom under this process's cgroup memory limits (a Slurm job's
+    or a container's, which the kernel enforces however much RAM is free). ``root`` is the
+    file-system root /proc and /sys are read under (a fake tree in tests)."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free), f"free on {device}"
-    available = _meminfo_available()
-    limit = _cgroup_headroom()
-    if limit is not None and limit < available:
-        return limit, "left under this job's memory limit (cgroup)"
-    return available, "of RAM available"
+        return FreeMemory(int(free), f"free on {device}")
+    available = _meminfo(root, "MemAvailable")
+    headroom = _cgroup_headroom(root)
+    if headroom is not None and (available is None or headroom[0] < available):
+        return FreeMemory(headroom[0], f"left under this job's memory limit ({headroom[1]})")
+    if available is None:
+        return FreeMemory(None, UNKNOWN_WHERE)
+    return FreeMemory(available, "of RAM available")
 
 
-def _meminfo_available() -> int:
+def _meminfo(root: Path, key: str) -> Optional[int]:
+    """A field of /proc/meminfo in bytes (``MemAvailable``, ``MemTotal``), None when unreadable
+    (not Linux)."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
+        for line in (root / "proc" / "meminfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == key:
+                return int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62  # unknown: do not refuse
+    return None
 
 
-def _cgroup_headroom() -> Optional[int]:
-    """memory.max − memory.current of this process's cgroup (v2), None without a limit."""
-    root = Path("/sys/fs/cgroup")
+# Where each cgroup version keeps a cgroup's limit and usage, under /sys/fs/cgroup; a v2 limit
+# of "max" is no limit.
+_CGROUP_FILES = {"v2": ("", "memory.max", "memory.current"),
+                 "v1": ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes")}
+
+
+def _cgroup_headroom(root: Path = Path("/")) -> Optional[tuple[int, str]]:
+    """(limit − usage, "cgroup <version> <path>") of the tightest memory limit over this
+    process's cgroup and its ancestors (a parent's limit applies to its children too), in the
+    v2 hierarchy and the v1 memory controller's; None when no limit is set or none is readable.
+    A limit at or above the machine's RAM is no limit (v1's "unlimited" is such a number)."""
+    no_limit_from = _meminfo(root, "MemTotal") or CGROUP_UNLIMITED_FLOOR
+    best: Optional[tuple[int, str]] = None
+    for version, path in _own_cgroups(root):
+        mount, limit_file, usage_file = _CGROUP_FILES[version]
+        base = root / "sys" / "fs" / "cgroup" / mount if mount else root / "sys" / "fs" / "cgroup"
+        parts = [p for p in path.split("/") if p and p != "."]
+        if ".." in parts:  # outside this cgroup namespace: only the mounted root is ours
+            parts = []
+        for depth in range(len(parts), -1, -1):
+            folder = base.joinpath(*parts[:depth])
+            headroom = _headroom(folder / limit_file, folder / usage_file, no_limit_from)
+            if headroom is not None and (best is None or headroom < best[0]):
+                best = (headroom, f"cgroup {version} /{'/'.join(parts[:depth])}")
+    return best
+
+
+def _own_cgroups(root: Path) -> list[tuple[str, str]]:
+    """(version, path in its hierarchy) of this process's memory cgroups from
+    /proc/self/cgroup: the v2 line ``0::/path`` and the v1 line whose controllers include
+    ``memory`` (``4:memory:/path``); empty when unreadable."""
     try:
-        limit = (root / "memory.max").read_text().strip()
-        if limit == "max":
+        text = (root / "proc" / "self" / "cgroup").read_text()
+    except OSError:
+        return []
+    found = []
+    for line in text.splitlines():
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" and not controllers:
+            found.append(("v2", path))
+        elif "memory" in controllers.split(","):
+            found.append(("v1", path))
+    return found
+
+
+def _headroom(limit_file: Path, usage_file: Path, no_limit_from: int) -> Optional[int]:
+    """limit − usage of one cgroup, None without a (readable) limit."""
+    try:
+        text = limit_file.read_text().strip()
+        if text == "max":
             return None
-        return max(0, int(limit) - int((root / "memory.current").read_text().strip()))
+        limit = int(text)
+        if limit >= no_limit_from:
+            return None
+        return max(0, limit - int(usage_file.read_text().strip()))
     except (OSError, ValueError):
         return None
 
 
-def refusal(estimate: MemoryEstimate, available: int, where: str) -> Optional[str]:
-    """The one-line refusal when the estimate exceeds what is available, else None."""
-    if estimate.total <= available:
+def refusal(estimate: MemoryEstimate, available: Optional[int], where: str) -> Optional[str]:
+    """The one-line refusal when the estimate exceeds what is available, else None (also when
+    what is available is unknown: a run is refused only on a number read from the system)."""
+    if available is None or estimate.total <= available:
         return None
     largest = estimate.largest
     return (f"this run needs about {_gb(estimate.total)} of memory, more than the "
             f"{_gb(available)} {where}; the largest part is {largest.name} "
             f"({_gb(largest.bytes)}): lower {largest.knob}")
+
+
+@dataclass(frozen=True)
+class MemoryCheck:
+    """The preflight's outcome for one run: the estimate and what was free, or why the run
+    could not be sized (then nothing is refused). :meth:`record` is what summary.json keeps,
+    so that a run that was not checked says so instead of passing for one that fit."""
+
+    estimate: Optional[MemoryEstimate] = None
+    free: Optional[FreeMemory] = None
+    unsized: Optional[str] = None
+
+    @property
+    def refusal(self) -> Optional[str]:
+        if self.estimate is None or self.free is None:
+            return None
+        return refusal(self.estimate, self.free.bytes, self.free.where)
+
+    def record(self) -> dict[str, Any]:
+        """Plain values: bytes estimated and free (None when unknown), where the free memory
+        was read, whether the run was refused, and why it was not sized."""
+        return {
+            "estimate_bytes": None if self.estimate is None else self.estimate.total,
+            "available_bytes": None if self.free is None else self.free.bytes,
+            "available": None if self.free is None else self.free.where,
+            "refused": self.refusal is not None,
+            "not_sized": self.unsized,
+        }
+
+
+def could_not_size(err: BaseException, what: str = "the network") -> MemoryCheck:
+    """The check of a run whose network :func:`run_shape` could not build on the ``meta``
+    device (a user's module that allocates real tensors, or calls ops without a meta kernel):
+    no estimate, no refusal, and a one-line reason."""
+    detail = f"{type(err).__name__}: {err}".splitlines()[0]
+    return MemoryCheck(unsized=f"could not size {what} on the meta device ({detail}); its "
+                               f"memory was not checked before the run")
 
 
 def _gb(n: int) -> str:
