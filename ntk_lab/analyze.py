@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ntk_lab.analysis import analyze_sweep
     from ntk_lab.analysis.pipeline import HTML_REPORT_FILE, REPORT_FILE
 
-    out_dir = analyze_sweep(args.dir, args.out)
+    out_dir = analyze_sweep(args.dir, args.out, progress=sys.stderr.isatty())
     print(f"report: {out_dir / REPORT_FILE}")
     print(f"html:   {out_dir / HTML_REPORT_FILE}")
     return 0

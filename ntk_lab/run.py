@@ -202,7 +202,7 @@ class AnalyzeSweepCallback(Callback):
         if config.get("analyze", True) and sweep_dir.is_dir() and not _is_study(config):
             StopOnSignal().install()  # Ctrl-C during a long analysis: one line, not a traceback
             try:
-                analysis_dir = analyze_sweep(sweep_dir)
+                analysis_dir = analyze_sweep(sweep_dir, progress=bool(config.get("progress", True)))
             except Interrupted as stop:
                 print(f"ntk_lab: analysis interrupted by {stop.name}; rerun it with "
                       f"python -m ntk_lab.analyze {sweep_dir}", file=sys.stderr)

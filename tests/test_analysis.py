@@ -342,6 +342,18 @@ def test_empty_folder_writes_a_report_saying_so(tmp_path):
     assert not list(out.glob("*.png"))
 
 
+def test_progress_bars_count_the_runs_read_and_the_figures(tmp_path, capsys):
+    """progress=True shows a bar over the run folders (its total is the number of runs) and
+    one over the figures; progress=False (the default) prints nothing."""
+    root = write_multirun(tmp_path / "bars", width_depth_jobs(depths=(1,), seeds=(0,), with_kernels=False))
+    analyze_sweep(root, tmp_path / "quiet")
+    assert capsys.readouterr().err == ""
+    analyze_sweep(root, tmp_path / "bars_out", progress=True)
+    err = capsys.readouterr().err
+    assert f"reading runs:   0%|          | 0/{len(WIDTHS)}" in err  # the bar's first frame
+    assert "figures:   0%" in err
+
+
 # ---------------------------------------------------------------- command line
 
 

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import pandas as pd
 from pandas.api.types import is_numeric_dtype
+from tqdm.auto import tqdm
 
 from ntk_lab.records import METRIC_COLUMNS, STATUS_OK, RunRecord, find_runs, read_run
 
@@ -200,10 +201,13 @@ class Sweep:
         return setting_values(info[column], column)
 
 
-def collect_sweep(root: Path) -> Sweep:
-    """Read every run folder under ``root`` into a :class:`Sweep`; never raises on a bad run."""
+def collect_sweep(root: Path, progress: bool = False) -> Sweep:
+    """Read every run folder under ``root`` into a :class:`Sweep`; never raises on a bad run.
+    ``progress``: a tqdm bar over the folders (a sweep of thousands of runs takes minutes)."""
     root = Path(root)
-    records = [_read_record(path) for path in find_runs(root)]
+    folders = find_runs(root)
+    records = [_read_record(path) for path in tqdm(folders, desc="reading runs", unit="run",
+                                                   disable=not progress, leave=False)]
     metrics = [_clean_metrics(record.metrics) for record in records]
     metric_columns = _metric_columns([m for m in metrics if m is not None])
     config_columns = _config_columns(records, exclude=metric_columns)

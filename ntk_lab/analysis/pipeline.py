@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tqdm.auto import tqdm
+
 from ntk_lab.analysis.accuracy_plots import plot_accuracy_vs_width
 from ntk_lab.analysis.collect import Sweep, collect_sweep
 from ntk_lab.analysis.depth_plots import plot_kernel_gaps_vs_depth_over_width
@@ -152,7 +154,7 @@ FIGURES = (
 )
 
 
-def analyze_sweep(root: Path, out_dir: Path | None = None) -> Path:
+def analyze_sweep(root: Path, out_dir: Path | None = None, *, progress: bool = False) -> Path:
     """Analyse every run folder under ``root`` and write the analysis folder.
 
     Writes ``runs.csv`` (one row per run × checkpoint), ``fits.csv`` (scaling exponents with
@@ -162,6 +164,7 @@ def analyze_sweep(root: Path, out_dir: Path | None = None) -> Path:
     Args:
         root: a multirun folder, a single run folder, or any folder holding run folders.
         out_dir: where to write; ``root / "analysis"`` by default.
+        progress: tqdm bars over the run folders read and the figures drawn.
 
     Returns:
         The analysis folder.
@@ -174,11 +177,11 @@ def analyze_sweep(root: Path, out_dir: Path | None = None) -> Path:
         raise FileNotFoundError(f"no such directory: {root}")
     out_dir = Path(out_dir) if out_dir is not None else root / ANALYSIS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    sweep = add_geometry_columns(collect_sweep(root))
+    sweep = add_geometry_columns(collect_sweep(root, progress))
     atomic_write_text(out_dir / RUNS_FILE, sweep.runs.to_csv(index=False))
     fits = fit_sweep(sweep)
     atomic_write_text(out_dir / FITS_FILE, fits.table.to_csv(index=False))
-    drawn, not_drawn, notes = draw_figures(sweep, fits, out_dir)
+    drawn, not_drawn, notes = draw_figures(sweep, fits, out_dir, progress)
     write_report(sweep, fits, drawn, not_drawn, notes, out_dir / REPORT_FILE)
     write_html_report(sweep, fits, drawn, not_drawn, notes, out_dir / HTML_REPORT_FILE)
     log.info("analysis of %d run folders written to %s", len(sweep.records), out_dir)
@@ -186,7 +189,7 @@ def analyze_sweep(root: Path, out_dir: Path | None = None) -> Path:
 
 
 def draw_figures(
-    sweep: Sweep, fits: FitTable, out_dir: Path
+    sweep: Sweep, fits: FitTable, out_dir: Path, progress: bool = False
 ) -> tuple[list[ReportFigure], list[tuple[str, str]], list[str]]:
     """Draw every figure of :data:`FIGURES` the data supports.
 
@@ -196,7 +199,7 @@ def draw_figures(
         folder always matches the report.
     """
     drawn, not_drawn, notes = [], [], []
-    for spec in FIGURES:
+    for spec in tqdm(FIGURES, desc="figures", unit="figure", disable=not progress, leave=False):
         path = out_dir / spec.name
         path.unlink(missing_ok=True)
         try:
