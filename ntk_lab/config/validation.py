@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping, Optional
 
-from ntk_lab.layers.activations import ACTIVATIONS
+from ntk_lab.layers.activations import ACTIVATIONS, get_activation
 from ntk_lab.measures.checkpoint_geometry import DEFAULT_SPECTRUM_MAX_PROBE, DEFAULT_TOP_K
 from ntk_lab.data import DATASETS
 from ntk_lab.kernels.empirical import METHODS
@@ -81,6 +81,21 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _activation(value: Any) -> str:
+    """A built-in activation name, or ``module.path:function`` (imported and probed now, so that a
+    bad one is one line before any job starts)."""
+    if isinstance(value, str) and ":" in value:
+        try:
+            get_activation(value)
+        except ValueError as err:
+            raise _fail("model.activation", value, getattr(err, "reason", str(err))) from None
+        return value
+    if value not in tuple(ACTIVATIONS):
+        raise _fail("model.activation", value,
+                    f"allowed: {', '.join(ACTIVATIONS)} or module.path:function")
+    return value
+
+
 def _bool(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -127,7 +142,7 @@ def _model_config(model: Mapping[str, Any], g: Callable) -> ModelConfig:
         m.target = target.strip()
         m.extra = {k: v for k, v in model.items() if k not in _GENERIC_MODEL_KEYS}
         return m
-    m.activation = _choice("model.activation", g(model, "model", "activation"), tuple(ACTIVATIONS))
+    m.activation = _activation(g(model, "model", "activation"))
     m.parameterization = _choice("model.parameterization", g(model, "model", "parameterization"),
                                  PARAMETERIZATIONS)
     m.w_std = _float("model.w_std", g(model, "model", "w_std"), lambda v: v > 0, "must be > 0")

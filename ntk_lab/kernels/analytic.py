@@ -16,8 +16,8 @@ kernel is the same per output and the ``trace`` mode of docs/conventions.md retu
 How the Gaussian expectations are computed:
 
 * closed forms (``Activation.dual``: relu, leaky_relu, abs — the arc-cosine kernels of Cho &
-  Saul 2009 —, erf — Williams 1997 —, identity), elementwise on all pairs;
-* otherwise (tanh, gelu, sigmoid, softplus, any user-supplied ``Activation`` with
+  Saul 2009 —, erf — Williams 1997 —, gelu, identity), elementwise on all pairs;
+* otherwise (tanh, sigmoid, softplus, any user-supplied ``Activation`` with
   ``dual=None``) a Hermite (Mehler) expansion whose coefficients come from 1-D Gauss–Hermite
   quadrature, see :func:`_series_expectations`. Why not the 2-D tensor-product Gauss–Hermite
   rule: for tanh at variance q = 1 it still errs by 3e-7 with 64×64 nodes (1e-3 at q = 3),
@@ -291,7 +291,7 @@ def _plan_layers(act: Activation, q1: Tensor, q2: Optional[Tensor], depth: int, 
             f"{SERIES_MAX_DEGREE} leaves a relative truncation bound of {worst_bound:.1e} (> "
             f"{SERIES_WARN_TOL:g}); expect errors of that order. This happens for activations "
             f"with a kink (give the Activation its closed-form dual) or for large "
-            f"pre-activation variances (e.g. tanh beyond about 10, gelu beyond about 28).",
+            f"pre-activation variances (e.g. tanh beyond about 10, sigmoid beyond about 35).",
             RuntimeWarning, stacklevel=3)
     return layers
 

@@ -8,7 +8,9 @@ Gaussian expectations the infinite-width recursion needs (docs/conventions.md),
     dual(q11, q12, q22) = (E[φ(u) φ(v)], E[φ'(u) φ'(v)]).
 
 Adding an activation touches this file alone (the way neural-tangents keeps a layer's finite
-function and its kernel together). Names follow docs/conventions.md, *Kernel methods*.
+function and its kernel together). Names follow docs/conventions.md, *Kernel methods*. A name
+``module.path:function`` is a user's own elementwise function
+(:mod:`ntk_lab.layers.user_activation`): φ' by autograd, no dual.
 
 Closed forms (float64 tensors that broadcast against each other in; both results have the
 broadcast shape). Write s = √(q11 q22), ρ = q12/s clamped to [−1, 1] and θ = arccos ρ,
@@ -25,13 +27,25 @@ is exact:
                 E[φφ] = 2J(ρ) + 2J(−ρ) = (2 s sin θ + (π − 2θ) q12) / π,  E[φ'φ'] = 1 − 2θ/π
     erf         E[φφ]   = (2/π) arcsin(2 q12 / √((1 + 2q11)(1 + 2q22)))     (Williams 1997)
                 E[φ'φ'] = (4/π) / √((1 + 2q11)(1 + 2q22) − 4 q12²)
+    gelu        φ(x) = x Φ(x). With a = q11, b = q22, c = q12 clamped to [−s, s],
+                P = (1 + a)(1 + b), Δ² = 1 + a + b + (s − c)(s + c) = P − c² (≥ 1) and
+                A = atan2(Δ, −c) = π/2 + arcsin(c/√P) ∈ (0, π):
+                E[φφ]   = (c A + (c² + a b Δ²)/(P Δ)) / (2π)
+                E[φ'φ'] = (A + (c/Δ)(1/Δ² + (2 + a + b)/P)) / (2π)
+                (neural-tangents' Gelu kernel, written with π/2 + atan2(c, Δ) = atan2(Δ, −c)
+                and 1 + (1 − ab)/P = (2 + a + b)/P so that nothing cancels at ρ = −1 or at large
+                variances. Derivation: Φ(u) = Pr(w₁ < u | u) with w₁ ~ N(0, 1) independent, so
+                E[φ(u)φ(v)] = E[u v 1{u − w₁ > 0} 1{v − w₂ > 0}], a Gaussian orthant moment;
+                (u − w₁, v − w₂) has covariance [[1 + a, c], [c, 1 + b]], determinant Δ².)
+                At a = 0 the clamp gives c = 0, hence E[φφ] = 0 and E[φ'φ'] = 1/4 = φ'(0)·E[φ'(v)]
+                with no special case; Δ ≥ 1 keeps every division finite.
     identity    E[φφ] = q12,  E[φ'φ'] = 1
 
 Degenerate inputs: when q11 = 0 (or q22 = 0) the variable u is 0 almost surely and the
 expectations are φ(0)·E[φ(v)] and φ'(0)·E[φ'(v)], with φ'(0) the value ``derivative`` (and
-autograd) gives at the kink: 0 for relu and abs, a for leaky_relu. The arc-cosine formulas
-would otherwise return the ρ = 0 value there; the duals select the degenerate value instead.
-No branch produces NaN (no division by s), so ``torch.where`` is safe.
+autograd) gives at the kink: 0 for relu and abs, a for leaky_relu (gelu, smooth, has 1/2).
+The arc-cosine formulas would otherwise return the ρ = 0 value there; the duals select the
+degenerate value instead. No branch produces NaN (no division by s), so ``torch.where`` is safe.
 """
 
 from __future__ import annotations
@@ -150,6 +164,22 @@ def _erf_dual(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor]:
     return nngp, dot
 
 
+def _gelu_dual(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor]:
+    a, b = q11.clamp_min(0.0), q22.clamp_min(0.0)
+    root_a, root_b = torch.sqrt(a), torch.sqrt(b)
+    s = (root_a * root_b).expand(broadcast_shape(q11.shape, q12.shape, q22.shape))
+    c = torch.maximum(torch.minimum(q12, s), (-root_a) * root_b)  # |ρ| ≤ 1
+    # per point (small tensors), each symmetric in (a, b) to the last bit: K(x, x') = K(x', x)
+    ab, a_plus_b, p = a * b, a + b, (1.0 + a) * (1.0 + b)
+    # Δ² = P − c² as 1 + a + b + (s − c)(s + c): both factors ≥ 0, exact at ρ = ±1
+    delta2 = torch.sub(s, c).mul_(s + c).add_(a_plus_b + 1.0)
+    delta = torch.sqrt(delta2)
+    angle = torch.atan2(delta, torch.neg(c))
+    nngp = torch.addcmul(ab * delta2, c, c).div_(p * delta).addcmul_(c, angle).mul_(0.5 / math.pi)
+    dot = delta2.reciprocal_().add_((a_plus_b + 2.0) / p).mul_(c / delta).add_(angle).mul_(0.5 / math.pi)
+    return nngp, dot
+
+
 def _identity_dual(q11: Tensor, q12: Tensor, q22: Tensor) -> Tuple[Tensor, Tensor]:
     q11, q12, q22 = torch.broadcast_tensors(q11, q12, q22)
     return q12.clone(), torch.ones_like(q12)
@@ -204,7 +234,7 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("abs", torch.abs, torch.sign, _abs_dual),
         Activation("erf", torch.erf, _erf_derivative, _erf_dual),
         Activation("tanh", torch.tanh, _tanh_derivative),
-        Activation("gelu", _gelu, _gelu_derivative),
+        Activation("gelu", _gelu, _gelu_derivative, _gelu_dual),
         Activation("sigmoid", torch.sigmoid, _sigmoid_derivative),
         Activation("softplus", torch.nn.functional.softplus, torch.sigmoid),
         Activation("identity", _identity, torch.ones_like, _identity_dual),
@@ -215,13 +245,24 @@ ACTIVATIONS: dict[str, Activation] = {
 def get_activation(activation: str | Activation) -> Activation:
     """Look an activation up by name (an :class:`Activation` passes through).
 
+    A name containing ``:`` is a user's own elementwise function, ``module.path:function``:
+    imported, probed and given its derivative by autograd, with no dual (Θ_∞ then uses the
+    Hermite series); see :mod:`ntk_lab.layers.user_activation`.
+
     Raises:
-        ValueError: for an unknown name, listing the known ones.
+        ValueError: for an unknown name, listing the known ones; for a ``module.path:function``
+            that cannot be imported or is not an elementwise differentiable torch function, one
+            line naming ``model.activation`` (an ``ActivationError``).
     """
     if isinstance(activation, Activation):
         return activation
+    if isinstance(activation, str) and ":" in activation:
+        from ntk_lab.layers.user_activation import user_activation  # it imports this module
+
+        return user_activation(activation)
     try:
         return ACTIVATIONS[activation]
     except (KeyError, TypeError):
         known = ", ".join(ACTIVATIONS)
-        raise ValueError(f"unknown activation {activation!r}; known: {known}") from None
+        raise ValueError(f"unknown activation {activation!r}; known: {known}, or "
+                         f"module.path:function for an elementwise torch function of your own") from None
