@@ -33,6 +33,7 @@ from ntk_lab.models import (
     CustomModuleError, ScaledOutput, build_network, network_inputs,
 )
 from ntk_lab.models.custom import check_output_shape, check_sample_independence
+from ntk_lab.training.lr_units import absolute_learning_rate
 from ntk_lab.training.optimizers import OptimizerSettings, infinite_width_support
 from ntk_lab.records import (
     STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, RunRecorder, write_summary,
@@ -222,10 +223,12 @@ def probe_kernels(config: RunConfig, data: Dataset, progress: bool = False) -> d
     return kernels
 
 
-def optimizer_settings(config: RunConfig) -> OptimizerSettings:
-    """The :class:`~ntk_lab.training.optimizers.OptimizerSettings` of ``config.train``."""
+def optimizer_settings(config: RunConfig, lr: Optional[float] = None) -> OptimizerSettings:
+    """The :class:`~ntk_lab.training.optimizers.OptimizerSettings` of ``config.train``, at the
+    absolute learning rate ``lr`` (default ``train.lr``; see ``train.lr_unit``)."""
     t = config.train
-    return OptimizerSettings(t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+    return OptimizerSettings(t.optimizer, lr=t.lr if lr is None else lr, momentum=t.momentum,
+                             weight_decay=t.weight_decay,
                              betas=t.betas, eps=t.eps, schedule=t.schedule)
 
 
@@ -298,7 +301,10 @@ def run_experiment(
     data = data.to(dtype, device)
     config.model.out_dim = data.out_dim
     config.device = str(device)
-    notes = {"kernel_store": plan.level, "memory_preflight": memory.record(),
+    loss_scale = 1.0 / config.model.output_scale**2
+    lr, lr_notes = absolute_learning_rate(config.train.lr_unit, config.train.lr, model, data.x_train,
+                                          loss_scale)
+    notes = {"kernel_store": plan.level, "memory_preflight": memory.record(), **lr_notes,
              **custom_module_notes(config, model, data)}
     no_prediction = infinite_width_support(optimizer_settings(config))
     if no_prediction and config.lazy.infinite_width and kernels_on:
@@ -320,16 +326,18 @@ def run_experiment(
     recorder = RunRecorder(run_dir, static, plan, on_row=logger.log_row,
                            layers_level=notes.get("layer_kernel_store", "none"))
     settings = TrainSettings(
-        steps=config.train.steps, lr=config.train.lr, batch_size=config.train.batch_size,
+        steps=config.train.steps, lr=lr, batch_size=config.train.batch_size,
         checkpoints=config.ntk.checkpoints, ntk_method=config.ntk.method,
         memory_budget_bytes=config.ntk.memory_budget_mb << 20, seed=config.train.seed,
         record_jac_change=config.ntk.jac_change, progress=config.progress,
         track_linearized=config.lazy.linearized, kappa_hessian=config.lazy.kappa_hessian,
         hessian_points=config.lazy.hessian_points, hessian_iters=config.lazy.hessian_iters,
-        ntk_enabled=kernels_on, loss=config.train.loss, optimizer=optimizer_settings(config),
+        ntk_enabled=kernels_on, loss=config.train.loss, optimizer=optimizer_settings(config, lr),
         parameterization=config.model.parameterization,
         infinite_width_note=notes.get("infinite_width", ""), top_k=config.ntk.top_k,
         spectrum_max_probe=config.ntk.spectrum_max_probe,
+        lambda_max=config.ntk.lambda_max is True or (
+            config.ntk.lambda_max == "auto" and config.train.lr_unit == "crit"),
     )
     if not kernels_on:
         settings.record_jac_change = settings.kappa_hessian = False
@@ -341,7 +349,7 @@ def run_experiment(
     try:
         try:
             outcome = train(model, data, settings, recorder, theta_inf=theta_inf,
-                            loss_scale=1.0 / config.model.output_scale**2, infinite=infinite,
+                            loss_scale=loss_scale, infinite=infinite,
                             nngp_inf=nngp_inf, stop_requested=stop_requested)
         except Interrupted as stop:  # the rows reached and their kernels are kept
             rows = recorder.rows

@@ -80,6 +80,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     schedule: str = "constant"
+    lr_unit: str = "absolute"  # "crit": lr is a multiple of η_crit = 2/λ_max(Θ_0/N) (training set)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class NTKConfig:
     store_max_mb: int
     top_k: int  # k of the top-k eigenspace columns (ntk_lab.measures.checkpoint_geometry)
     spectrum_max_probe: int  # the largest probe set whose spectrum is computed per checkpoint
+    lambda_max: bool | str = "auto"  # λ_max(Θ_t/N) on the training set per checkpoint (auto: with lr_unit=crit)
 
 
 @dataclass
@@ -138,7 +140,7 @@ class RunConfig:
             "data_seed": d.seed, "steps": t.steps, "batch_size": t.batch_size,
             "classes": d.classes, "loss": t.loss, "optimizer": t.optimizer,
             "momentum": t.momentum if t.optimizer == "momentum" else None,
-            "weight_decay": t.weight_decay, "schedule": t.schedule,
+            "weight_decay": t.weight_decay, "schedule": t.schedule, "lr_unit": t.lr_unit,
             "ntk_enabled": k.enabled, "ntk_method": k.method, "checkpoints": k.checkpoints,
             "dtype": self.precision, "device": self.device,
         }

@@ -21,6 +21,7 @@ from ntk_lab.loggers import LOGGERS, logger_unavailable
 from ntk_lab.training.losses import LOSSES
 from ntk_lab.models import MODELS, PARAMETERIZATIONS
 from ntk_lab.models.cnn import PADDINGS, READOUTS
+from ntk_lab.training.lr_units import LR_UNITS
 from ntk_lab.training.optimizers import OPTIMIZERS, SCHEDULES
 from ntk_lab.records.storage import DEFAULT_STORE_MAX_MB, STORE_DTYPES, STORE_LEVELS
 
@@ -202,6 +203,7 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
         top_k=_int("ntk.top_k", g(ntk, "ntk", "top_k", DEFAULT_TOP_K), 1),
         spectrum_max_probe=_int("ntk.spectrum_max_probe",
                                 g(ntk, "ntk", "spectrum_max_probe", DEFAULT_SPECTRUM_MAX_PROBE), 0),
+        lambda_max=_bool_or_auto("ntk.lambda_max", g(ntk, "ntk", "lambda_max", "auto")),
     )
     z = LazyConfig(
         linearized=_bool("lazy.linearized", g(lazy, "lazy", "linearized", False)),
@@ -213,6 +215,11 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
         max_minutes=_float("lazy.max_minutes", g(lazy, "lazy", "max_minutes", 5.0),
                            lambda v: v > 0, "must be a number of minutes > 0"),
     )
+    if t.lr_unit == "crit" and (t.loss, t.optimizer) != ("mse", "sgd"):
+        raise ConfigError(f"train.lr_unit=crit is invalid with train.loss={t.loss} "
+                          f"train.optimizer={t.optimizer}: the critical rate 2/λ_max(Θ_0/N) is that "
+                          f"of gradient descent on MSE; set train.lr_unit=absolute, or "
+                          f"train.loss=mse train.optimizer=sgd")
     plain_gd = (t.loss, t.optimizer, t.schedule, t.weight_decay) == ("mse", "sgd", "constant", 0.0)
     if z.linearized and not plain_gd:
         raise ConfigError(f"lazy.linearized=true is invalid with train.loss={t.loss} "
@@ -280,6 +287,7 @@ def _optimizer_settings(train: Mapping[str, Any], g: Callable) -> dict[str, Any]
         betas=_betas(betas),
         eps=_float("train.eps", g(train, "train", "eps", 1e-8), lambda v: v > 0, "must be > 0"),
         schedule=_choice("train.schedule", g(train, "train", "schedule", "constant"), SCHEDULES),
+        lr_unit=_choice("train.lr_unit", g(train, "train", "lr_unit", "absolute"), LR_UNITS),
     )
 
 

@@ -25,6 +25,7 @@ from ntk_lab.measures.checkpoint_geometry import (
     DEFAULT_SPECTRUM_MAX_PROBE, DEFAULT_TOP_K, CheckpointGeometry, ck_scales, probe_geometry_inputs,
 )
 from ntk_lab.data import Dataset
+from ntk_lab.training.lr_units import lambda_max_columns
 from ntk_lab.training.losses import accuracy, loss_function, mse_loss
 from ntk_lab.training.optimizers import (
     OptimizerSettings, build_optimizer, build_scheduler, elapsed_time,
@@ -65,6 +66,8 @@ class TrainSettings:
             is one); when set, the prediction's columns are recorded as NaN.
         top_k: k of the top-k eigenspace columns (``eig_overlap_*``, ``target_power_topk``).
         spectrum_max_probe: the largest probe set whose spectrum is computed at checkpoints.
+        lambda_max: record ``lambda_max_train`` = λ_max(Θ_t/N) on the training set and
+            ``eta_lambda`` = η·λ_max at every checkpoint (:mod:`ntk_lab.training.lr_units`).
     """
 
     steps: int = 200
@@ -87,6 +90,7 @@ class TrainSettings:
     infinite_width_note: str = ""
     top_k: int = DEFAULT_TOP_K
     spectrum_max_probe: int = DEFAULT_SPECTRUM_MAX_PROBE
+    lambda_max: bool = False
 
     def optimizer_settings(self) -> OptimizerSettings:
         return self.optimizer or OptimizerSettings("sgd", lr=self.lr)
@@ -246,6 +250,8 @@ class _Checkpointer:
             columns, self.arrays = self.geometry(theta, row["time"], theta_layers=layers, ck=ck)
             row.update(columns)
         row.update(self._lazy_comparison(step, f_test.double()))
+        if s.lambda_max:
+            row.update(lambda_max_columns(self.model, data.x_train, s.lr, self.loss_scale))
         if s.kappa_hessian and step == s.steps:
             points = data.x_probe[: s.hessian_points]
             row["kappa_hessian"], row["hessian_norm"] = kappa_hessian(
