@@ -289,3 +289,15 @@ def test_argument_errors():
     after_gap = [*cnn.kernel_layers()[:-1], Nonlinearity("relu")]
     with pytest.raises(ValueError, match="global average pooling"):
         composed_kernels(after_gap, x)
+
+
+def test_the_known_zero_ntk_of_the_inputs_is_forgotten_once_ntk_changes():
+    """A conv layer skips its stencil on Θ when the state says Θ = 0 (the inputs' state); any
+    layer that replaces Θ must drop that claim, or the next conv layer would lose its Θ."""
+    from ntk_lab.layers.state import KernelState
+
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    state = KernelState.from_inputs(x, x, full=True)
+    assert state.zero_ntk and not state.ntk.any()
+    assert not state.replace(ntk=state.ntk + 1.0).zero_ntk
+    assert state.replace(nngp=state.nngp * 2.0).zero_ntk  # Θ untouched: still 0

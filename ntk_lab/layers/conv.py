@@ -106,16 +106,25 @@ class Conv(nn.Module):
         axes = [tuple(sorted({a, b})) for a, b in zip(first, second)]
         circular, k = self.padding == "circular", self.kernel_size
         scale = 1.0 / k ** self.spatial_dims  # A = scale · stencil sum, folded into the coefficients
-        pooled = stencil_sum(state.nngp, axes, k, circular)   # k^d · A(Σ)
-        ntk = stencil_sum(state.ntk, axes, k, circular)       # k^d · A(Θ)
-        ntk.mul_(c.v_w * scale).add_(pooled, alpha=c.g_w * scale).add_(c.g_b)
-        nngp = pooled.mul_(c.v_w * scale).add_(c.v_b)
+        # Σ_out = v_w·A(Σ) + v_b. Θ_out = v_w·A(Θ) + g_w·A(Σ) + g_b, and g_w·A(Σ) is
+        # (g_w/v_w)·(Σ_out − v_b): one stencil per tensor, the scales folded into its first pass.
+        if c.v_w != 0.0:
+            raw = stencil_sum(state.nngp, axes, k, circular, c.v_w * scale)   # v_w·A(Σ)
+            if state.zero_ntk:  # the first layer: A(Θ) = 0
+                ntk = torch.mul(raw, c.g_w / c.v_w).add_(c.g_b)
+            else:
+                ntk = stencil_sum(state.ntk, axes, k, circular, c.v_w * scale, c.g_b)  # v_w·A(Θ) + g_b
+                ntk.add_(raw, alpha=c.g_w / c.v_w)
+            nngp = raw.add_(c.v_b)
+        else:  # σ_w = 0: Σ_out = v_b, Θ_out = g_w·A(Σ) + g_b
+            ntk = stencil_sum(state.nngp, axes, k, circular, c.g_w * scale, c.g_b)
+            nngp = torch.full_like(ntk, c.v_b)
         var_axes = [(1 + i,) for i in range(self.spatial_dims)]
 
         def var_map(v: Optional[Tensor]) -> Optional[Tensor]:
             if v is None:
                 return None
-            return stencil_sum(v, var_axes, k, circular).mul_(c.v_w * scale).add_(c.v_b)
+            return stencil_sum(v, var_axes, k, circular, c.v_w * scale).add_(c.v_b)
 
         return state.replace(nngp=nngp, ntk=ntk, var1=var_map(state.var1), var2=var_map(state.var2))
 
@@ -140,21 +149,31 @@ def stencil_mean(t: Tensor, axes: Sequence[tuple[int, ...]], k: int, circular: b
     return stencil_sum(t, axes, k, circular).div_(k ** len(axes))
 
 
-def stencil_sum(t: Tensor, axes: Sequence[tuple[int, ...]], k: int, circular: bool) -> Tensor:
-    """Σ_o t[… i + o …] (no division), as :func:`stencil_mean`; separable, one axis at a time,
-    each a copy plus 2·(k//2) in-place shifted adds on strided views (no padding copies)."""
+def stencil_sum(t: Tensor, axes: Sequence[tuple[int, ...]], k: int, circular: bool,
+                scale: float = 1.0, shift: float = 0.0) -> Tensor:
+    """scale · Σ_o t[… i + o …] + shift (no division by k^d), as :func:`stencil_mean`;
+    separable, one axis at a time, each a copy plus 2·(k//2) in-place shifted adds on strided
+    views (no padding copies). ``scale`` rides on the first axis's copy and adds, ``shift`` on
+    the last axis's copy (its adds read the shift-free tensor): neither costs a pass."""
     r = k // 2
-    for dims in axes:
+    if not axes:
+        return torch.mul(t, scale).add_(shift)
+    for index, dims in enumerate(axes):
+        c = scale if index == 0 else 1.0
+        last = index == len(axes) - 1
         n = t.shape[dims[0]]
-        out = t.clone()
+        if c != 1.0:
+            out = torch.mul(t, c).add_(shift) if last and shift else torch.mul(t, c)
+        else:
+            out = torch.add(t, shift) if last and shift else t.clone()
         for o in range(1, r + 1):
             if circular:
-                out.add_(torch.roll(t, shifts=(o,) * len(dims), dims=dims))
-                out.add_(torch.roll(t, shifts=(-o,) * len(dims), dims=dims))
+                out.add_(torch.roll(t, shifts=(o,) * len(dims), dims=dims), alpha=c)
+                out.add_(torch.roll(t, shifts=(-o,) * len(dims), dims=dims), alpha=c)
             elif o < n:
                 low, high = _window(t.ndim, dims, 0, n - o), _window(t.ndim, dims, o, n)
-                out[low].add_(t[high])   # out[i] += t[i + o]
-                out[high].add_(t[low])   # out[i] += t[i − o]
+                out[low].add_(t[high], alpha=c)   # out[i] += c·t[i + o]
+                out[high].add_(t[low], alpha=c)   # out[i] += c·t[i − o]
         t = out
     return t
 

@@ -39,6 +39,8 @@ class KernelState:
             does not hold an input's own (P, P) covariance); a nonlinearity then refuses.
         spatial: S, the spatial shape; () for vectors.
         full: whether all position pairs are held.
+        zero_ntk: ``ntk`` is known to be 0 (the inputs' state), so a layer may skip its work on
+            it; :meth:`replace` clears it whenever ``ntk`` is replaced.
     """
 
     nngp: Tensor
@@ -47,8 +49,11 @@ class KernelState:
     var2: Optional[Tensor]
     spatial: Tuple[int, ...] = ()
     full: bool = False
+    zero_ntk: bool = False
 
     def replace(self, **changes) -> "KernelState":
+        if "ntk" in changes:
+            changes.setdefault("zero_ntk", False)
         return dataclasses.replace(self, **changes)
 
     @property
@@ -82,7 +87,8 @@ class KernelState:
         """
         if x1.ndim == 2:
             nngp = x1 @ x2.T / x1.shape[1]
-            return KernelState(nngp, torch.zeros_like(nngp), (x1 * x1).mean(1), (x2 * x2).mean(1))
+            return KernelState(nngp, torch.zeros_like(nngp), (x1 * x1).mean(1), (x2 * x2).mean(1),
+                               zero_ntk=True)
         channels, spatial = x1.shape[1], tuple(x1.shape[2:])
         a = x1.reshape(x1.shape[0], channels, -1)
         b = x2.reshape(x2.shape[0], channels, -1)
@@ -92,4 +98,4 @@ class KernelState:
             nngp = torch.einsum("icp,jcp->ijp", a, b).reshape(len(a), len(b), *spatial)
         var1 = (a * a).sum(1).reshape(len(a), *spatial) / channels
         var2 = (b * b).sum(1).reshape(len(b), *spatial) / channels
-        return KernelState(nngp / channels, torch.zeros_like(nngp), var1, var2, spatial, full)
+        return KernelState(nngp / channels, torch.zeros_like(nngp), var1, var2, spatial, full, zero_ntk=True)

@@ -1,0 +1,130 @@
+"""How fast is Θ_∞ of a globally pooled CNN, against what this CPU can do? Both rates are
+measured in ONE process (shared machines are noisy; the ratio is the result):
+
+* the *dual rate*: ReLU's arc-cosine dual (the lab's closed form, the one a ReLU layer of the
+  CNN evaluates) on a cache-sized pair tensor, elements per second;
+* the *CNN rate*: pair-position updates per second per layer of the full (NNGP_∞, Θ_∞) of a GAP
+  CNN (depth 3, ReLU, 3×3 same-padded convolutions) on 1×28×28 images: N(N+1)/2 input pairs
+  (the kernel is symmetric) × P² position pairs (P = 784) × depth, divided by the time.
+
+Target: CNN rate ≥ 0.5 × dual rate. The images are real Fashion-MNIST test images when the
+files are found (Debian's ``dataset-fashion-mnist``, or data.root's default cache), else
+uniform noise of the same shape (the arithmetic is the same).
+
+Measured on this project's 2-core CPU, the code before and after the fused-pass rewrite (ReLU
+dual with two allocations and eight in-place passes, scales and shifts folded into the stencil's
+own passes, the first layer's zero Θ skipped), each row one process:
+
+| code | dual rate | 16 images | 64 images |
+| --- | --- | --- | --- |
+| before | 120 M/s | 4.2 s (60 M/s per layer) | 93 s (41 M/s; earlier measurement) |
+| after | 262 M/s | 2.7 s (91 M/s) | 42.6 s (90 M/s) = 0.34 × the dual rate |
+
+The target (≥ 0.5 × the dual rate, ~30 s for 64 images) is not met: each layer still makes about
+20 memory passes over its (P, P) pair tensors (a copy and four shifted adds per stencil and
+tensor, the dual's ten), each at memory bandwidth (~0.2 ms per 614,656 float64s here), where a
+fused kernel would make two. neural-tangents 0.6.5 with ``nt.batch(batch_size=8)`` took 19.3 s
+and 3.3 GB for 16 images.
+
+    python scripts/bench_pooled_cnn_limit.py [N ...] [--device cuda]     # default: 16 64, cpu
+
+On CUDA the kernel is computed on the device (the images are moved there) and its agreement with
+the CPU computation on a few images is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from ntk_lab.kernels.network_limit import infinite_width_of
+from ntk_lab.layers.activations import get_activation
+from ntk_lab.layers.gaussian import gaussian_expectations
+from ntk_lab.models import NetworkSpec
+
+DEPTH = 3
+DUAL_TILE = (16, 16, 16, 16)  # 65,536 float64 pairs = 512 KiB: cache-sized
+
+
+def images(n: int) -> tuple[torch.Tensor, str]:
+    """(n, 1, 28, 28) float64 test images: Fashion-MNIST's when found, else noise."""
+    try:
+        from ntk_lab.data import make_dataset
+        data = make_dataset("fashion_mnist", n_train=4, n_test=n, n_probe=2).as_images()
+        return data.x_test[:n].to(torch.float64), "Fashion-MNIST test images"
+    except Exception as error:  # noqa: BLE001 — any failure to find the files: use noise
+        generator = torch.Generator().manual_seed(0)
+        noise = torch.rand(n, 1, 28, 28, generator=generator, dtype=torch.float64)
+        return noise, f"uniform noise ({str(error).splitlines()[0][:60]}…)"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def dual_rate(device: torch.device, repeats: int = 40) -> float:
+    """Elements per second of the ReLU dual on a cache-sized (q11, q12, q22) tile."""
+    relu = get_activation("relu")
+    g = torch.Generator().manual_seed(1)
+    a, b = DUAL_TILE[0], DUAL_TILE[1]
+    q11 = 1.0 + torch.rand(a, 1, DUAL_TILE[2], 1, generator=g, dtype=torch.float64)
+    q22 = 1.0 + torch.rand(1, b, 1, DUAL_TILE[3], generator=g, dtype=torch.float64)
+    q12 = (torch.rand(DUAL_TILE, generator=g, dtype=torch.float64) - 0.5) * 2.0
+    q11, q12, q22 = q11.to(device), q12.to(device), q22.to(device)
+    gaussian_expectations(relu, q11, q12, q22)  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        synchronize(device)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            gaussian_expectations(relu, q11, q12, q22)
+        synchronize(device)
+        best = min(best, (time.perf_counter() - started) / repeats)
+    return q12.numel() / best
+
+
+SPEC = NetworkSpec("cnn", 64, DEPTH)  # width is irrelevant to Θ_∞
+
+
+def cnn_rate(n: int, device: torch.device) -> tuple[float, float, str]:
+    """(seconds, updates per second per layer, what the images were) for n images."""
+    x, source = images(n)
+    x = x.to(device)
+    infinite_width_of(SPEC, x[:1])  # warm-up
+    synchronize(device)
+    started = time.perf_counter()
+    infinite_width_of(SPEC, x)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    positions = x.shape[2] * x.shape[3]
+    updates = n * (n + 1) / 2 * positions**2 * DEPTH
+    return seconds, updates / seconds, source
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sizes", nargs="*", type=int, default=[16, 64], help="numbers of images")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dual = dual_rate(device)
+    print(f"device: {device}; torch threads: {torch.get_num_threads()}")
+    print(f"ReLU dual on a cache-sized tile {DUAL_TILE}: {dual / 1e6:.0f} million per second")
+    if device.type != "cpu":
+        x, _ = images(4)
+        on_device = infinite_width_of(SPEC, x.to(device))[1].cpu()
+        on_cpu = infinite_width_of(SPEC, x)[1]
+        error = ((on_device - on_cpu).norm() / on_cpu.norm()).item()
+        print(f"Θ_∞ on {device} against the CPU, 4 images: relative Frobenius error {error:.1e}")
+    for n in args.sizes:
+        seconds, rate, source = cnn_rate(n, device)
+        print(f"GAP CNN depth {DEPTH}, {n} images 1×28×28 ({source}): {seconds:.1f} s, "
+              f"{rate / 1e6:.0f} million pair-position updates per second per layer, "
+              f"{rate / dual:.2f} × the dual rate (target ≥ 0.5)")
+
+
+if __name__ == "__main__":
+    main()
