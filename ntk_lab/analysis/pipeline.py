@@ -15,6 +15,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from ntk_lab.analysis import catapult
 from ntk_lab.analysis.accuracy_plots import plot_accuracy_vs_width
 from ntk_lab.analysis.collect import Sweep, collect_sweep
 from ntk_lab.analysis.depth_plots import plot_kernel_gaps_vs_depth_over_width
@@ -40,6 +41,8 @@ ANALYSIS_DIR = "analysis"
 RUNS_FILE = "runs.csv"
 FITS_FILE = "fits.csv"
 REPORT_FILE = "report.md"
+CATAPULT_FILE = "catapult.csv"
+CATAPULT_FITS_FILE = "catapult_fits.csv"
 HTML_REPORT_FILE = "report.html"
 
 
@@ -151,6 +154,19 @@ FIGURES = (
         "(dashed), fitted slopes in the legend. Theory: every layer's kernel moves less as "
         "width grows under ntk (lazy); not under mup.",
         "kappa_layer* columns for ≥ 2 widths"),
+    FigureSpec(
+        "catapult_phase_diagram.png", catapult.plot_phase_diagram,
+        "Final kernel drift against the learning rate in units of η_crit = 2/λ_max(Θ_0/N), "
+        "one line per width, mean over seeds; × marks rates that diverged. Theory (Lewkowycz "
+        "et al. 2020): below η_crit κ falls with width (lazy); between η_crit and η_max it "
+        "stays of order one at every width (catapult); above η_max training diverges.",
+        "train.lr_unit=crit with ≥ 2 rates and ≥ 2 widths"),
+    FigureSpec(
+        "catapult_curves.png", catapult.plot_training_curves,
+        "Training loss and η·λ_max(Θ_t/N) against step at the widest width, for rates on both "
+        "sides of η_crit. Theory: above η_crit the loss first rises, λ_max falls until "
+        "η·λ_max < 2, and the loss then falls (the catapult).",
+        "train.lr_unit=crit with ≥ 2 rates and ≥ 2 widths"),
 )
 
 
@@ -182,10 +198,23 @@ def analyze_sweep(root: Path, out_dir: Path | None = None, *, progress: bool = F
     fits = fit_sweep(sweep)
     atomic_write_text(out_dir / FITS_FILE, fits.table.to_csv(index=False))
     drawn, not_drawn, notes = draw_figures(sweep, fits, out_dir, progress)
+    notes += _catapult_tables(sweep, out_dir)
     write_report(sweep, fits, drawn, not_drawn, notes, out_dir / REPORT_FILE)
     write_html_report(sweep, fits, drawn, not_drawn, notes, out_dir / HTML_REPORT_FILE)
     log.info("analysis of %d run folders written to %s", len(sweep.records), out_dir)
     return out_dir
+
+
+def _catapult_tables(sweep: Sweep, out_dir: Path) -> list[str]:
+    """For a sweep of learning rates in units of η_crit: catapult.csv (η_max per width),
+    catapult_fits.csv (κ against width per phase) and the report's lines on them."""
+    for name in (CATAPULT_FILE, CATAPULT_FITS_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    if not catapult.applies(sweep):
+        return []
+    atomic_write_text(out_dir / CATAPULT_FILE, catapult.eta_max_table(sweep).to_csv(index=False))
+    atomic_write_text(out_dir / CATAPULT_FITS_FILE, catapult.phase_fits(sweep).to_csv(index=False))
+    return catapult.report_lines(sweep)
 
 
 def draw_figures(
