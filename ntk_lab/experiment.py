@@ -20,12 +20,13 @@ import ntk_lab
 from ntk_lab.training import preflight
 from ntk_lab.measures.checkpoint_geometry import layers_to_store, spectrum_note
 from ntk_lab.config import ConfigError, RunConfig, data_settings
+from ntk_lab.config.devices import resolve_device
 from ntk_lab.data import Dataset, make_dataset
 from ntk_lab.models.layer_groups import trainable_layers
 from ntk_lab.dynamics.kernel_flow import KernelFlow
 from ntk_lab.dynamics.gradient_flow import GradientFlowPredictor
 from ntk_lab.kernels.network_limit import (
-    NO_LIMIT_REASON, LimitCost, estimate_limit_cost, format_duration, infinite_width_of,
+    NO_LIMIT_REASON, LimitCost, format_duration,
 )
 from ntk_lab.kernels.structured import factor_bytes_per_sample, fully_structured
 from ntk_lab.loggers import NullLogger, RunLogger
@@ -33,6 +34,7 @@ from ntk_lab.models import (
     CustomModuleError, ScaledOutput, build_network, network_inputs,
 )
 from ntk_lab.models.custom import check_output_shape, check_sample_independence
+from ntk_lab.training.limit_source import LimitSource, estimate_source_cost, limit_kernels
 from ntk_lab.training.lr_units import absolute_learning_rate
 from ntk_lab.training.optimizers import OptimizerSettings, infinite_width_support
 from ntk_lab.records import (
@@ -44,38 +46,6 @@ from ntk_lab.training.loop import (
 )
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def resolve_device(name: str, job_num: Optional[int] = None,
-                   gpu_count: Optional[int] = None) -> torch.device:
-    """The device a run uses.
-
-    ``auto`` -> CUDA when available, else CPU. In a sweep (``job_num`` given: Hydra's job
-    number) on a node with k ≥ 2 visible GPUs, ``auto`` puts job j on ``cuda:(j mod k)``, so
-    parallel jobs (``hydra/launcher=local_parallel``) spread over the node's GPUs; under
-    Slurm each job usually sees only its own GPU (k = 1) and takes ``cuda:0``. An explicit
-    CUDA device must exist.
-
-    Args:
-        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        job_num: the job's number within a multirun, None for a single run.
-        gpu_count: visible GPUs (default ``torch.cuda.device_count()``; tests stub it).
-    """
-    count = torch.cuda.device_count() if gpu_count is None else gpu_count
-    if name == "auto":
-        if count == 0 or (gpu_count is None and not torch.cuda.is_available()):
-            return torch.device("cpu")
-        if job_num is not None and count > 1:
-            return torch.device("cuda", job_num % count)
-        return torch.device("cuda")
-    if name.startswith("cuda"):
-        if count == 0 or (gpu_count is None and not torch.cuda.is_available()):
-            raise ConfigError(f"device={name!r} is invalid: CUDA is not available here; allowed: auto, cpu")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= count:
-            raise ConfigError(f"device={name!r} is invalid: this machine has {count} GPU(s); "
-                              f"allowed: auto, cpu, cuda:0 … cuda:{count - 1}")
-    return torch.device(name)
 
 
 def versions() -> dict[str, Any]:
@@ -178,13 +148,16 @@ def limit_costs(config: RunConfig, data: Dataset, prediction: bool) -> dict[str,
     between train + test and train. ``data`` as the network takes it (images for a CNN)."""
     spec, costs = config.model.spec(), {}
     n_probe, n_train, n_test = len(data.x_probe), len(data.x_train), len(data.x_test)
-    probe = estimate_limit_cost(spec, data.x_probe, n_probe * (n_probe + 1) // 2)
+    source, out = limit_source(config), data.out_dim
+    probe = estimate_source_cost(spec, data.x_probe, [(n_probe, n_probe, True)], source=source,
+                                 out_dim=out)
     if probe is not None:
         costs["theta_inf_probe"] = probe
     if prediction:  # the blocks infinite_width_predictor computes: train×train (symmetric), test×train
         limit_s = 60.0 * config.lazy.max_minutes if config.lazy.infinite_width == "auto" else None
-        prediction = estimate_limit_cost(spec, data.x_train, n_train * (n_train + 1) // 2 + n_test * n_train,
-                                         confirm_above=limit_s)
+        blocks = [(n_train, n_train, True), (n_test, n_train, False)]
+        prediction = estimate_source_cost(spec, data.x_train, blocks, source=source, out_dim=out,
+                                          confirm_above=limit_s)
         if prediction is not None:
             costs["prediction_kernels"] = prediction
     for name, cost in costs.items():
@@ -209,18 +182,27 @@ def prediction_skipped(config: RunConfig, costs: dict[str, LimitCost]) -> Option
             f"lazy.infinite_width=true forces it, {cheaper} make it cheaper")
 
 
-def probe_kernels(config: RunConfig, data: Dataset, progress: bool = False) -> dict[str, torch.Tensor]:
-    """Probe inputs, NNGP_∞ and Θ_∞ (float64) on them; Θ_∞ scaled by α² like the network."""
+def limit_source(config: RunConfig) -> LimitSource:
+    """Θ_∞ from the closed form, or (``lazy.infinite_width=monte_carlo``) a Monte-Carlo estimate."""
+    return LimitSource(config.lazy.infinite_width == "monte_carlo", config.ntk.mc_width,
+                       config.ntk.mc_samples)
+
+
+def probe_kernels(config: RunConfig, data: Dataset, progress: bool = False
+                  ) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
+    """Probe inputs, NNGP_∞ and Θ_∞ (float64) on them, Θ_∞ scaled by α² like the network; and
+    the Monte-Carlo estimate's record (None for the closed form)."""
     m = config.model
     x = data.x_probe.to(torch.float64)
-    limit = infinite_width_of(m.spec(), x, progress=progress)
+    limit = limit_kernels(m.spec(), x, source=limit_source(config), out_dim=data.out_dim,
+                          progress=progress)
     if limit is None:  # a custom module: NaN, the reason in summary.json (NO_LIMIT_REASON)
-        limit = (torch.full((len(x), len(x)), float("nan"), dtype=torch.float64),) * 2
-    nngp, ntk = limit
+        limit = (torch.full((len(x), len(x)), float("nan"), dtype=torch.float64),) * 2 + (None,)
+    nngp, ntk, record = limit
     kernels = {"probe_x": data.x_probe, "nngp_inf": nngp, "theta_inf": ntk * m.output_scale**2}
     if data.probe_angle is not None:
         kernels["probe_angle"] = data.probe_angle
-    return kernels
+    return kernels, record
 
 
 def optimizer_settings(config: RunConfig, lr: Optional[float] = None) -> OptimizerSettings:
@@ -241,11 +223,13 @@ def infinite_width_predictor(config: RunConfig, data: Dataset,
     The dynamics are driven by Θ·loss_scale; for an α-scaled network that is α²Θ_∞/α² = Θ_∞,
     so the unscaled Θ_∞ is used whatever α.
     """
-    spec = config.model.spec()
+    spec, source = config.model.spec(), limit_source(config)
     x_train, x_test = data.x_train.to(torch.float64), data.x_test.to(torch.float64)
     # only the two blocks the flow uses, each once; train×train by its upper triangle
-    _, train_train = infinite_width_of(spec, x_train, progress=progress)
-    _, test_train = infinite_width_of(spec, x_test, x_train, progress=progress)
+    _, train_train, _ = limit_kernels(spec, x_train, source=source, out_dim=data.out_dim,
+                                      progress=progress)
+    _, test_train, _ = limit_kernels(spec, x_test, x_train, source=source, out_dim=data.out_dim,
+                                     progress=progress)
     y = data.y_train.to(torch.float64)
     t = config.train
     if t.loss == "mse" and t.optimizer == "sgd":
@@ -287,15 +271,16 @@ def run_experiment(
     plan = plan_storage(len(data.x_probe), len(checkpoint_steps(config.train.steps, config.ntk.checkpoints)),
                         dtype, store=config.ntk.store, store_dtype=config.ntk.store_dtype,
                         max_mb=config.ntk.store_max_mb) if kernels_on else StoragePlan("none", None, None, 0)
-    predicts = bool(config.lazy.infinite_width) and config.model.name != "custom" and not (
-        infinite_width_support(optimizer_settings(config)))
+    monte_carlo = config.lazy.infinite_width == "monte_carlo"
+    predicts = bool(config.lazy.infinite_width) and (config.model.name != "custom" or monte_carlo) \
+        and not infinite_width_support(optimizer_settings(config))
     costs = limit_costs(config, data, predicts) if kernels_on else {}
     skipped = prediction_skipped(config, costs) if predicts else None
     if skipped:  # said before the probe set's Θ_∞, which may itself take a while
         print(f"ntk_lab: warning: {skipped}", file=sys.stderr)
     long_ = {name: config.progress and cost.seconds > ANNOUNCE_ABOVE_S for name, cost in costs.items()}
-    static = (probe_kernels(config, data, progress=long_.get("theta_inf_probe", False))
-              if kernels_on else {"probe_x": data.x_probe})
+    static, limit_record = (probe_kernels(config, data, progress=long_.get("theta_inf_probe", False))
+                            if kernels_on else ({"probe_x": data.x_probe}, None))
     if data.y_probe is not None:
         static["probe_y"] = data.y_probe
     data = data.to(dtype, device)
@@ -309,8 +294,10 @@ def run_experiment(
     no_prediction = infinite_width_support(optimizer_settings(config))
     if no_prediction and config.lazy.infinite_width and kernels_on:
         notes["infinite_width"] = no_prediction  # the reason for the NaN inf_* columns
-    if config.model.name == "custom":  # no Θ_∞, so no infinite-width prediction either
+    if config.model.name == "custom" and not monte_carlo:  # no Θ_∞, so no prediction either
         no_prediction = NO_LIMIT_REASON
+    if limit_record is not None:
+        notes["theta_inf"] = limit_record
     if skipped:
         notes["infinite_width"] = no_prediction = skipped
     if costs:

@@ -96,12 +96,14 @@ class NTKConfig:
     top_k: int  # k of the top-k eigenspace columns (ntk_lab.measures.checkpoint_geometry)
     spectrum_max_probe: int  # the largest probe set whose spectrum is computed per checkpoint
     lambda_max: bool | str = "auto"  # λ_max(Θ_t/N) on the training set per checkpoint (auto: with lr_unit=crit)
+    mc_width: Optional[int] = None  # lazy.infinite_width=monte_carlo: the networks' width (None: the run's)
+    mc_samples: int = 16  # lazy.infinite_width=monte_carlo: how many networks are averaged
 
 
 @dataclass
 class LazyConfig:
     linearized: bool
-    infinite_width: bool | str  # True, False or "auto" (computed when under max_minutes)
+    infinite_width: bool | str  # True, False, "auto" (computed when under max_minutes) or "monte_carlo"
     kappa_hessian: bool
     hessian_points: int
     hessian_iters: int

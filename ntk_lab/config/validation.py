@@ -103,10 +103,10 @@ def _bool(key: str, value: Any) -> bool:
     raise _fail(key, value, "must be true or false")
 
 
-def _bool_or_auto(key: str, value: Any) -> bool | str:
-    if isinstance(value, bool) or value == "auto":
+def _bool_or_auto(key: str, value: Any, *more: str) -> bool | str:
+    if isinstance(value, bool) or value == "auto" or value in more:
         return value
-    raise _fail(key, value, "allowed: true, false, auto")
+    raise _fail(key, value, f"allowed: true, false, auto{''.join(', ' + m for m in more)}")
 
 
 def _device(value: Any) -> str:
@@ -204,11 +204,13 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
         spectrum_max_probe=_int("ntk.spectrum_max_probe",
                                 g(ntk, "ntk", "spectrum_max_probe", DEFAULT_SPECTRUM_MAX_PROBE), 0),
         lambda_max=_bool_or_auto("ntk.lambda_max", g(ntk, "ntk", "lambda_max", "auto")),
+        mc_width=_int("ntk.mc_width", g(ntk, "ntk", "mc_width", None), 1, optional=True),
+        mc_samples=_int("ntk.mc_samples", g(ntk, "ntk", "mc_samples", 16), 2),
     )
     z = LazyConfig(
         linearized=_bool("lazy.linearized", g(lazy, "lazy", "linearized", False)),
         infinite_width=_bool_or_auto("lazy.infinite_width",
-                                     g(lazy, "lazy", "infinite_width", "auto")),
+                                     g(lazy, "lazy", "infinite_width", "auto"), "monte_carlo"),
         kappa_hessian=_bool("lazy.kappa_hessian", g(lazy, "lazy", "kappa_hessian", False)),
         hessian_points=_int("lazy.hessian_points", g(lazy, "lazy", "hessian_points", 8), 1),
         hessian_iters=_int("lazy.hessian_iters", g(lazy, "lazy", "hessian_iters", 30), 1),

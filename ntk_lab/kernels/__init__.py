@@ -2,5 +2,7 @@
 
 from ntk_lab.kernels.analytic import infinite_width_kernels
 from ntk_lab.kernels.empirical import METHODS, empirical_ntk, empirical_ntk_layers, jacobian_change
+from ntk_lab.kernels.monte_carlo import monte_carlo_kernels
 
-__all__ = ["METHODS", "empirical_ntk", "empirical_ntk_layers", "infinite_width_kernels", "jacobian_change"]
+__all__ = ["METHODS", "empirical_ntk", "empirical_ntk_layers", "infinite_width_kernels", "jacobian_change",
+           "monte_carlo_kernels"]
