@@ -137,7 +137,8 @@ def plot_phase_diagram(sweep: Sweep, fits, path: Path) -> bool:
         mean = final[final["width"] == width].groupby("lr")["kappa"].mean()
         ax.plot(mean.index, mean.values, "o-", color=color, label=f"width {width}")
         diverged = info[(info["width"] == width) & (info["status"] == "diverged")]["lr"].unique()
-        ax.plot(diverged, [top * 2.0] * len(diverged), "x", color=color, ms=8)
+        # one row of × per width above the curves, so that widths diverging at one rate all show
+        ax.plot(diverged, [top * 2.0 * 1.4**index] * len(diverged), "x", color=color, ms=8)
     ax.axvspan(final["lr"].min() if len(final) else LAZY_MAX / 2, LAZY_MAX, color="0.9", zorder=0,
                label=f"lazy (η/η_crit ≤ {LAZY_MAX:g})")
     ax.axvline(1.0, color="0.4", ls="--", lw=1, label="η_crit")
