@@ -74,6 +74,7 @@ def test_bad_sample_counts_are_refused(bad):
         monte_carlo_kernels(lambda s: MLP(2, 4, 1, seed=s), torch.zeros(2, 2), n_samples=bad)
 
 
+@pytest.mark.slow
 @pytest.mark.physics
 @pytest.mark.parametrize("readout", ["flatten", "gap"])
 def test_a_one_layer_cnn_converges_to_its_closed_form_kernels(readout):
@@ -90,6 +91,7 @@ def test_a_one_layer_cnn_converges_to_its_closed_form_kernels(readout):
     assert_agrees(mc, nngp, ntk)
 
 
+@pytest.mark.slow
 @pytest.mark.physics
 def test_a_wide_residual_mlp_converges_to_its_closed_form_kernels():
     """Two hidden layers: biased by O(1/width); at width 4096 with 24 samples the bias is well
