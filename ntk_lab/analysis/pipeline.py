@@ -15,7 +15,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from ntk_lab.analysis import catapult
+from ntk_lab.analysis import catapult, lr_transfer
 from ntk_lab.analysis.accuracy_plots import plot_accuracy_vs_width
 from ntk_lab.analysis.collect import Sweep, collect_sweep
 from ntk_lab.analysis.depth_plots import plot_kernel_gaps_vs_depth_over_width
@@ -43,6 +43,8 @@ FITS_FILE = "fits.csv"
 REPORT_FILE = "report.md"
 CATAPULT_FILE = "catapult.csv"
 CATAPULT_FITS_FILE = "catapult_fits.csv"
+TRANSFER_FILE = "lr_transfer.csv"
+TRANSFER_FITS_FILE = "lr_transfer_fits.csv"
 HTML_REPORT_FILE = "report.html"
 
 
@@ -167,6 +169,19 @@ FIGURES = (
         "sides of η_crit. Theory: above η_crit the loss first rises, λ_max falls until "
         "η·λ_max < 2, and the loss then falls (the catapult).",
         "train.lr_unit=crit with ≥ 2 rates and ≥ 2 widths"),
+    FigureSpec(
+        "lr_transfer_loss_vs_lr.png", lr_transfer.plot_loss_vs_lr,
+        "Train loss after the last step against the learning rate, one curve per width, one "
+        "panel per parameterization (Yang et al. 2022, Tensor Programs V, Fig. 1). Theory: "
+        "under mup the curves' minima line up across widths; under standard they move.",
+        "≥ 5 learning rates and ≥ 2 widths"),
+    FigureSpec(
+        "lr_transfer_optimum_vs_width.png", lr_transfer.plot_optimum_vs_width,
+        "The optimal learning rate η* (parabola through the best grid point and its "
+        "neighbours; squares: the grid point) against width, and the transfer regret: the loss "
+        "at the narrowest width's best rate over the width's own best. Theory (Adam): η* ∝ "
+        "width^−1 under standard, width^0 under mup, where the regret stays ≈ 1.",
+        "≥ 5 learning rates and ≥ 2 widths"),
 )
 
 
@@ -198,7 +213,7 @@ def analyze_sweep(root: Path, out_dir: Path | None = None, *, progress: bool = F
     fits = fit_sweep(sweep)
     atomic_write_text(out_dir / FITS_FILE, fits.table.to_csv(index=False))
     drawn, not_drawn, notes = draw_figures(sweep, fits, out_dir, progress)
-    notes += _catapult_tables(sweep, out_dir)
+    notes += _catapult_tables(sweep, out_dir) + _transfer_tables(sweep, out_dir)
     write_report(sweep, fits, drawn, not_drawn, notes, out_dir / REPORT_FILE)
     write_html_report(sweep, fits, drawn, not_drawn, notes, out_dir / HTML_REPORT_FILE)
     log.info("analysis of %d run folders written to %s", len(sweep.records), out_dir)
@@ -215,6 +230,19 @@ def _catapult_tables(sweep: Sweep, out_dir: Path) -> list[str]:
     atomic_write_text(out_dir / CATAPULT_FILE, catapult.eta_max_table(sweep).to_csv(index=False))
     atomic_write_text(out_dir / CATAPULT_FITS_FILE, catapult.phase_fits(sweep).to_csv(index=False))
     return catapult.report_lines(sweep)
+
+
+def _transfer_tables(sweep: Sweep, out_dir: Path) -> list[str]:
+    """For a sweep of ≥ 5 learning rates over ≥ 2 widths: lr_transfer.csv (η*, regret and the
+    drift at the optimum per parameterization and width), lr_transfer_fits.csv (η* against
+    width) and the report's lines on them."""
+    for name in (TRANSFER_FILE, TRANSFER_FITS_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    if not lr_transfer.applies(sweep):
+        return []
+    atomic_write_text(out_dir / TRANSFER_FILE, lr_transfer.optima(sweep).to_csv(index=False))
+    atomic_write_text(out_dir / TRANSFER_FITS_FILE, lr_transfer.transfer_fits(sweep).to_csv(index=False))
+    return lr_transfer.report_lines(sweep)
 
 
 def draw_figures(
