@@ -294,7 +294,11 @@ class RunRecorder:
         return payload
 
     def finish(self, summary: Mapping[str, Any]) -> None:
-        """Write kernels.pt, then summary.json last (its status marks the run finished)."""
+        """Write metrics.csv once more, kernels.pt, then summary.json last (its status marks the
+        run finished). metrics.csv again because a stop signal can land inside
+        :meth:`checkpoint` after a row and its Θ_t are kept but before the file is rewritten;
+        the two files must hold the same checkpoints."""
+        write_metrics(self.run_dir, self.rows)
         save_kernels(self.run_dir, self.kernels())
         write_summary(self.run_dir, summary)
 
