@@ -101,3 +101,28 @@ def test_the_analysis_writes_tables_figures_and_report_lines(sweep_root):
     assert len(pd.read_csv(out / "lr_transfer.csv")) == 2 * len(WIDTHS)
     report = (out / "report.md").read_text()
     assert "lr transfer (parameterization=mup)" in report and "moves by 0 grid step(s)" in report
+
+
+def test_across_depth_the_branch_scales_are_compared(tmp_path):
+    """At a fixed width, depths × rates × branch scales: the axis is depth and the groups are the
+    branch scales (the depth_transfer presets); η* ∝ depth^−1 with β = 1, fixed with 1/√depth."""
+    jobs = []
+    for scale in ("1.0", "inv_sqrt_depth"):
+        for depth in (2, 8, 32):
+            target = 2.0 ** -6.3 * ((2 / depth) if scale == "1.0" else 1.0)
+            for rate in RATES:
+                for seed in SEEDS:
+                    final = 0.1 * math.exp(CURVATURE * math.log(rate / target) ** 2)
+                    summary = {"width": 256, "depth": depth, "lr": rate, "seed": seed,
+                               "branch_scale": scale if scale != "1.0" else 1.0, "model": "resmlp",
+                               "status": "ok", "message": "", "wall_time_s": 1.0,
+                               "last_step": 10, "versions": {"torch": "t"}}
+                    rows = [{"step": 0, "time": 0.0, "train_loss": 1.0, "test_loss": 1.0},
+                            {"step": 10, "time": 1.0, "train_loss": final, "test_loss": final}]
+                    jobs.append((summary, rows))
+    sweep = collect_sweep(write_sweep(tmp_path / "depth", jobs))
+    assert lr_transfer.axes(sweep) == ("depth", "branch_scale")
+    fits = lr_transfer.transfer_fits(sweep).set_index("branch_scale")
+    assert fits.loc["1.0", "slope"] == pytest.approx(-1.0, abs=1e-6)
+    assert fits.loc["inv_sqrt_depth", "slope"] == pytest.approx(0.0, abs=1e-6)
+    assert "η* by depth" in " ".join(lr_transfer.report_lines(sweep))

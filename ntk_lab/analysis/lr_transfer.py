@@ -1,6 +1,8 @@
-"""Learning-rate transfer across width (μTransfer; Yang et al. 2022, Tensor Programs V): a sweep of
-widths × learning rates (× parameterizations × seeds) read as "where is the best learning rate,
-and does it move with width?".
+"""Learning-rate transfer across width (μTransfer; Yang et al. 2022, Tensor Programs V) and depth
+(Bordelon et al. 2023; Yang et al. 2023, Tensor Programs VI): a sweep of widths (or depths at a
+fixed width) × learning rates × parameterizations (or residual branch scales) × seeds, read as
+"where is the best learning rate, and does it move with width (depth)?". Below, "width" stands
+for the swept axis and "parameterization" for the compared setting (:func:`axes`).
 
 * The loss after T steps (``train_loss`` at the last checkpoint; a diverged run counts as
   +∞) against the learning rate, per width and parameterization, mean over seeds.
@@ -32,22 +34,37 @@ from ntk_lab.analysis.fit import fit_power_law
 MIN_RATES = 5
 """Fewest learning rates for a transfer analysis: a parabola needs the best point and two
 neighbours, and an optimum at the edge of a shorter grid says little."""
-GROUP = "parameterization"
+COMPARED = ("parameterization", "branch_scale")
+"""The settings a transfer sweep compares, the first that varies: the parameterization across
+width, the residual branch scale across depth."""
+
+
+def axes(sweep: Sweep) -> tuple[str, str]:
+    """(the swept axis, the compared setting): ``width`` when ≥ 2 widths, else ``depth``; the
+    first of :data:`COMPARED` that varies (else ``parameterization``, one group)."""
+    info = sweep.run_info
+    x = "width" if "width" in info and info["width"].nunique() >= 2 else "depth"
+    group = next((c for c in COMPARED if c in info and info[c].astype(str).nunique() >= 2),
+                 COMPARED[0])
+    return x, group
 
 
 def applies(sweep: Sweep) -> bool:
     info = sweep.run_info
-    return ("lr" in info and info["lr"].nunique() >= MIN_RATES and "width" in info
-            and info["width"].nunique() >= 2 and "train_loss" in sweep.metric_columns)
+    x, _ = axes(sweep)
+    return ("lr" in info and info["lr"].nunique() >= MIN_RATES and x in info
+            and info[x].nunique() >= 2 and "train_loss" in sweep.metric_columns)
 
 
 def final_losses(sweep: Sweep) -> pd.DataFrame:
-    """One row per run: its group, width, lr, seed, status and final loss (+∞ if not ok)."""
+    """One row per run: ``group`` (the compared setting), ``x`` (width or depth), lr, seed,
+    status and the final loss (+∞ if the run is not ok)."""
+    x, group = axes(sweep)
     last = sweep.runs.sort_values("step").groupby("run_dir").tail(1).set_index("run_dir")
     info = sweep.run_info.set_index("run_dir")
-    rows = info[[c for c in (GROUP, "width", "lr", "seed", "status") if c in info]].copy()
-    if GROUP not in rows:
-        rows[GROUP] = "all"
+    rows = pd.DataFrame({"group": info[group].astype(str) if group in info else "all",
+                         "x": info[x], "lr": info["lr"], "seed": info["seed"],
+                         "status": info["status"]}, index=info.index)
     loss = last["train_loss"].reindex(rows.index)
     rows["loss"] = np.where((rows["status"] == "ok") & np.isfinite(loss), loss, np.inf)
     return rows.reset_index()
@@ -80,10 +97,11 @@ def optima(sweep: Sweep) -> pd.DataFrame:
     """Per group and width: η* of the seed-mean curve (``eta_star``, ``eta_grid``, ``at_edge``),
     the loss there, the regret, and the drift columns at the best grid rate."""
     runs = final_losses(sweep)
+    x, compared = axes(sweep)
     ok_rows = sweep.ok_rows()
     rows = []
-    for group, members in runs.groupby(GROUP):
-        curves = members.groupby(["width", "lr"])["loss"].mean().unstack("lr").sort_index(axis=1)
+    for group, members in runs.groupby("group"):
+        curves = members.groupby(["x", "lr"])["loss"].mean().unstack("lr").sort_index(axis=1)
         narrowest = None
         for width, curve in curves.iterrows():
             eta_star, grid, edge = optimum(curve.index.to_numpy(float), curve.to_numpy(float))
@@ -91,19 +109,20 @@ def optima(sweep: Sweep) -> pd.DataFrame:
                 narrowest = grid
             best_loss = curve.get(grid, math.nan)
             transferred = curve.get(narrowest, math.nan)
-            row = {GROUP: group, "width": width, "eta_star": eta_star, "eta_grid": grid,
+            row = {compared: group, x: width, "eta_star": eta_star, "eta_grid": grid,
                    "at_edge": edge, "loss_at_optimum": best_loss,
                    "regret": transferred / best_loss if best_loss and np.isfinite(best_loss) else math.nan}
-            row.update(_drift_at(ok_rows, group, width, grid))
+            row.update(_drift_at(ok_rows, (compared, group), (x, width), grid))
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _drift_at(ok_rows: pd.DataFrame, group, width, rate) -> dict:
-    """κ, λ_max at init and end, per-layer drift at one (group, width, rate), mean over seeds."""
-    if GROUP in ok_rows:
-        ok_rows = ok_rows[ok_rows[GROUP] == group]
-    runs = ok_rows[(ok_rows["width"] == width) & np.isclose(ok_rows["lr"], rate)]
+def _drift_at(ok_rows: pd.DataFrame, group: tuple, at: tuple, rate: float) -> dict:
+    """κ, λ_max at init and end, per-layer drift at one (setting, value), (axis, value) and
+    rate, mean over seeds."""
+    if group[0] in ok_rows:
+        ok_rows = ok_rows[ok_rows[group[0]].astype(str) == group[1]]
+    runs = ok_rows[(ok_rows[at[0]] == at[1]) & np.isclose(ok_rows["lr"], rate)]
     if runs.empty:
         return {}
     ordered = runs.sort_values("step")
@@ -121,10 +140,11 @@ def _drift_at(ok_rows: pd.DataFrame, group, width, rate) -> dict:
 def transfer_fits(sweep: Sweep) -> pd.DataFrame:
     """ln η* against ln width per group, over the per-seed optima (``fit_power_law``)."""
     runs = final_losses(sweep)
+    x, compared = axes(sweep)
     rows = []
-    for group, members in runs.groupby(GROUP):
+    for group, members in runs.groupby("group"):
         points = []
-        for (width, _seed), curve in members.groupby(["width", "seed"]):
+        for (width, _seed), curve in members.groupby(["x", "seed"]):
             curve = curve.sort_values("lr")
             eta, _, _ = optimum(curve["lr"].to_numpy(float), curve["loss"].to_numpy(float))
             if np.isfinite(eta):
@@ -132,7 +152,7 @@ def transfer_fits(sweep: Sweep) -> pd.DataFrame:
         if len({w for w, _ in points}) < 2:
             continue
         fit = fit_power_law([w for w, _ in points], [e for _, e in points])
-        rows.append({"metric": "eta_star", "x": "width", GROUP: group, "slope": fit.slope,
+        rows.append({"metric": "eta_star", "x": x, compared: group, "slope": fit.slope,
                      "intercept": fit.intercept, "ci_low": fit.ci_low, "ci_high": fit.ci_high,
                      "n_points": len(points), "ci_method": fit.ci_method})
     return pd.DataFrame(rows)
@@ -140,20 +160,20 @@ def transfer_fits(sweep: Sweep) -> pd.DataFrame:
 
 def report_lines(sweep: Sweep) -> list[str]:
     lines = []
+    x, compared = axes(sweep)
     table = optima(sweep)
-    for group, rows in table.groupby(GROUP):
-        grid = sorted(final_losses(sweep)["lr"].unique())
+    grid = sorted(final_losses(sweep)["lr"].unique())
+    for group, rows in table.groupby(compared):
         steps = [grid.index(g) for g in rows["eta_grid"] if g in grid]
         spread = max(steps) - min(steps) if steps else 0
-        optima_text = ", ".join(f"{int(r.width)}: {r.eta_star:.3g}{' (edge)' if r.at_edge else ''}"
+        optima_text = ", ".join(f"{int(getattr(r, x))}: {r.eta_star:.3g}{' (edge)' if r.at_edge else ''}"
                                 for r in rows.itertuples())
-        lines.append(f"lr transfer ({GROUP}={group}): η* by width {optima_text}; the best grid "
-                     f"rate moves by {spread} grid step(s); regret at the widest width "
+        lines.append(f"lr transfer ({compared}={group}): η* by {x} {optima_text}; the best grid "
+                     f"rate moves by {spread} grid step(s); regret at the largest {x} "
                      f"{rows['regret'].iloc[-1]:.3g}")
-    for row in transfer_fits(sweep).itertuples():
-        lines.append(f"lr transfer ({GROUP}={getattr(row, GROUP)}): η* ∝ width^{row.slope:.2f} "
-                     f"[{row.ci_low:.2f}, {row.ci_high:.2f}] (predicted with Adam: −1 standard, "
-                     f"0 mup)")
+    for _, row in transfer_fits(sweep).iterrows():
+        lines.append(f"lr transfer ({compared}={row[compared]}): η* ∝ {x}^{row['slope']:.2f} "
+                     f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]")
     return lines
 
 
@@ -163,22 +183,23 @@ def plot_loss_vs_lr(sweep: Sweep, fits, path: Path) -> bool:
     if not applies(sweep):
         return False
     runs = final_losses(sweep)
-    groups = sorted(runs[GROUP].unique())
-    fig, axes = new_figure(len(groups), sharey=True)
+    x, compared = axes(sweep)
+    groups = sorted(runs["group"].unique())
+    fig, panels = new_figure(len(groups), sharey=True)
     finite = runs.loc[np.isfinite(runs["loss"]), "loss"]
     top = finite.max() * 2 if len(finite) else 1.0
-    for ax, group in zip(axes, groups):
-        members = runs[runs[GROUP] == group]
-        for index, (width, by_width) in enumerate(members.groupby("width")):
+    for ax, group in zip(panels, groups):
+        members = runs[runs["group"] == group]
+        for index, (width, by_width) in enumerate(members.groupby("x")):
             color, _ = style_for(index)
             curve = by_width.groupby("lr")["loss"].mean()
             shown = curve[np.isfinite(curve)]
-            ax.plot(shown.index, shown.values, "o-", color=color, ms=3, label=f"width {width}")
+            ax.plot(shown.index, shown.values, "o-", color=color, ms=3, label=f"{x} {width}")
             lost = curve.index[~np.isfinite(curve.values)]
             ax.plot(lost, [top] * len(lost), "x", color=color)
-        ax.set(xscale="log", yscale="log", xlabel="learning rate", title=f"{GROUP}={group}")
-    axes[0].set_ylabel("train loss after the last step (× = diverged)")
-    axes[0].legend(fontsize=7)
+        ax.set(xscale="log", yscale="log", xlabel="learning rate", title=f"{compared}={group}")
+    panels[0].set_ylabel("train loss after the last step (× = diverged)")
+    panels[0].legend(fontsize=7)
     save_figure(fig, path)
     return True
 
@@ -187,19 +208,19 @@ def plot_optimum_vs_width(sweep: Sweep, fits, path: Path) -> bool:
     """η* against width per parameterization, with the transfer regret beside it."""
     if not applies(sweep):
         return False
+    x, compared = axes(sweep)
     table = optima(sweep)
     fitted = transfer_fits(sweep)
     fig, (eta_ax, regret_ax) = new_figure(2)
-    for index, (group, rows) in enumerate(table.groupby(GROUP)):
+    for index, (group, rows) in enumerate(table.groupby(compared)):
         color, _ = style_for(index)
-        fit = fitted[fitted[GROUP] == group] if len(fitted) else fitted
+        fit = fitted[fitted[compared] == group] if len(fitted) else fitted
         label = f"{group}" + (f": slope {fit['slope'].iloc[0]:.2f}" if len(fit) else "")
-        eta_ax.plot(rows["width"], rows["eta_star"], "o-", color=color, label=label)
-        eta_ax.plot(rows["width"], rows["eta_grid"], "s", color=color, mfc="none", ms=7)
-        regret_ax.plot(rows["width"], rows["regret"], "o-", color=color, label=group)
-    eta_ax.set(xscale="log", yscale="log", xlabel="width", ylabel="η* (○ refined, □ grid)")
-    regret_ax.set(xscale="log", xlabel="width",
-                  ylabel="loss at the narrowest width's η* / own optimum")
+        eta_ax.plot(rows[x], rows["eta_star"], "o-", color=color, label=label)
+        eta_ax.plot(rows[x], rows["eta_grid"], "s", color=color, mfc="none", ms=7)
+        regret_ax.plot(rows[x], rows["regret"], "o-", color=color, label=group)
+    eta_ax.set(xscale="log", yscale="log", xlabel=x, ylabel="η* (○ refined, □ grid)")
+    regret_ax.set(xscale="log", xlabel=x, ylabel=f"loss at the smallest {x}'s η* / own optimum")
     eta_ax.legend(fontsize=8)
     regret_ax.legend(fontsize=8)
     save_figure(fig, path)

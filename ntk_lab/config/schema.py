@@ -7,6 +7,8 @@ downstream re-checks its inputs.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -35,7 +37,7 @@ class ModelConfig:
     kernel_size: int = 3  # cnn
     padding: str = "same"  # cnn
     readout: str = "gap"  # cnn
-    branch_scale: float = 1.0  # resmlp
+    branch_scale: float | str = 1.0  # resmlp: β, or "inv_sqrt_depth" for β = 1/√depth
     target: Optional[str] = None  # custom: package.module:callable
     extra: dict = field(default_factory=dict)  # custom: further model.* keys, passed on
 
@@ -44,8 +46,19 @@ class ModelConfig:
         return NetworkSpec(self.name, self.width, self.depth, activation=self.activation,
                            parameterization=self.parameterization, w_std=self.w_std,
                            b_std=self.b_std, kernel_size=self.kernel_size, padding=self.padding,
-                           readout=self.readout, branch_scale=self.branch_scale,
+                           readout=self.readout, branch_scale=self.branch_scale_value,
                            target=self.target, extra=dict(self.extra))
+
+    @property
+    def branch_scale_value(self) -> float:
+        """β as a number: ``inv_sqrt_depth`` is 1/√depth (Bordelon et al. 2023; Yang et al. 2023,
+        Tensor Programs VI: the residual scaling whose hyperparameters transfer across depth)."""
+        if self.branch_scale == INV_SQRT_DEPTH:
+            return 1.0 / math.sqrt(self.depth)
+        return float(self.branch_scale)
+
+
+INV_SQRT_DEPTH = "inv_sqrt_depth"
 
 
 @dataclass

@@ -26,7 +26,7 @@ from ntk_lab.training.optimizers import OPTIMIZERS, SCHEDULES
 from ntk_lab.records.storage import DEFAULT_STORE_MAX_MB, STORE_DTYPES, STORE_LEVELS
 
 from ntk_lab.config.schema import (
-    PRECISIONS, ConfigError, DataConfig, LazyConfig, LoggerConfig, ModelConfig, NTKConfig,
+    INV_SQRT_DEPTH, PRECISIONS, ConfigError, DataConfig, LazyConfig, LoggerConfig, ModelConfig, NTKConfig,
     RunConfig, TrainConfig,
 )
 
@@ -156,8 +156,9 @@ def _model_config(model: Mapping[str, Any], g: Callable) -> ModelConfig:
         m.padding = _choice("model.padding", g(model, "model", "padding", "same"), PADDINGS)
         m.readout = _choice("model.readout", g(model, "model", "readout", "gap"), READOUTS)
     if name == "resmlp":
-        m.branch_scale = _float("model.branch_scale", g(model, "model", "branch_scale", 1.0),
-                                lambda v: v >= 0, "must be a number >= 0")
+        scale = g(model, "model", "branch_scale", 1.0)
+        m.branch_scale = scale if scale == INV_SQRT_DEPTH else _float(
+            "model.branch_scale", scale, lambda v: v >= 0, f"must be a number >= 0 or {INV_SQRT_DEPTH}")
     return m
 
 
