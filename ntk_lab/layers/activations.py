@@ -58,6 +58,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ntk_lab.layers.user_activation import user_activation
+
 DualFn = Callable[[Tensor, Tensor, Tensor], Tuple[Tensor, Tensor]]
 
 LEAKY_RELU_SLOPE = 0.01  # torch.nn.LeakyReLU's default negative slope (docs/conventions.md, *Kernel methods*)
@@ -259,6 +261,9 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
+_USER_ACTIVATIONS: dict[str, Activation] = {}  # module.path:function -> its Activation, built once
+
+
 def get_activation(activation: str | Activation) -> Activation:
     """Look an activation up by name (an :class:`Activation` passes through).
 
@@ -274,9 +279,10 @@ def get_activation(activation: str | Activation) -> Activation:
     if isinstance(activation, Activation):
         return activation
     if isinstance(activation, str) and ":" in activation:
-        from ntk_lab.layers.user_activation import user_activation  # it imports this module
-
-        return user_activation(activation)
+        if activation not in _USER_ACTIVATIONS:
+            fn, derivative = user_activation(activation, tuple(ACTIVATIONS))
+            _USER_ACTIVATIONS[activation] = Activation(activation, fn, derivative)
+        return _USER_ACTIVATIONS[activation]
     try:
         return ACTIVATIONS[activation]
     except (KeyError, TypeError):

@@ -25,12 +25,10 @@ Every failure is one :class:`ActivationError` line naming ``model.activation``. 
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
-
-from ntk_lab.layers.activations import ACTIVATIONS, Activation
 
 # The probe compares φ on a (3, 4) tensor with φ on each element alone. torch's vectorized and
 # scalar kernels for transcendental functions may round differently (a few ulp of float64);
@@ -38,7 +36,6 @@ from ntk_lab.layers.activations import ACTIVATIONS, Activation
 ELEMENTWISE_RTOL = 1e-12
 _PROBE_SHAPE = (3, 4)
 _PROBE_SEED = 0
-_CACHE: dict[str, Activation] = {}
 
 
 class ActivationError(ValueError):
@@ -70,19 +67,21 @@ class _AutogradDerivative:
         return grad.detach()
 
 
-def user_activation(name: str) -> Activation:
-    """The :class:`Activation` for ``module.path:function``, built on first use, then cached.
+def user_activation(name: str, known: Sequence[str]) -> tuple[Callable[[Tensor], Tensor],
+                                                              Callable[[Tensor], Tensor]]:
+    """(φ, φ') for ``module.path:function``: the function imported and probed, its derivative
+    by autograd. ``known``: the built-in names, for the error messages. (The caller,
+    :func:`ntk_lab.layers.activations.get_activation`, wraps and caches them; this module does
+    not import it, so the two stay one-way.)
 
     Raises:
         ActivationError: malformed name, module not importable, attribute missing, not
             callable, or the function fails the probe (see the module docstring).
     """
-    if name not in _CACHE:
-        fn = _import_function(name)
-        activation = Activation(name, fn, _AutogradDerivative(fn))
-        _probe(name, activation)
-        _CACHE[name] = activation
-    return _CACHE[name]
+    fn = _import_function(name, ", ".join(known))
+    derivative = _AutogradDerivative(fn)
+    _probe(name, fn, derivative)
+    return fn, derivative
 
 
 def _first_line(err: BaseException) -> str:
@@ -90,10 +89,9 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
-def _import_function(name: str) -> Callable[[Tensor], Tensor]:
+def _import_function(name: str, known: str) -> Callable[[Tensor], Tensor]:
     module_name, _, attribute = name.partition(":")
     module_name, attribute = module_name.strip(), attribute.strip()
-    known = ", ".join(ACTIVATIONS)
     if not module_name or not attribute or ":" in attribute:
         raise ActivationError(name, f"write module.path:function, or use a name from {known}")
     try:
@@ -110,15 +108,15 @@ def _import_function(name: str) -> Callable[[Tensor], Tensor]:
     return fn
 
 
-def _probe(name: str, act: Activation) -> None:
+def _probe(name: str, fn: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor]) -> None:
     """Run φ and φ' on a (3, 4) float64 tensor and φ on each element alone; see the docstring."""
     generator = torch.Generator().manual_seed(_PROBE_SEED)
     x = 2.0 * torch.randn(_PROBE_SHAPE, generator=generator, dtype=torch.float64)
     shape = tuple(x.shape)
     try:
         with torch.no_grad():
-            y = act.fn(x)
-            alone = [act.fn(x[i:i + 1, j:j + 1]) for i in range(shape[0]) for j in range(shape[1])]
+            y = fn(x)
+            alone = [fn(x[i:i + 1, j:j + 1]) for i in range(shape[0]) for j in range(shape[1])]
     except Exception as err:
         raise ActivationError(name, f"it fails on a float64 tensor of shape {shape}: "
                                     f"{_first_line(err)}") from None
@@ -142,7 +140,7 @@ def _probe(name: str, act: Activation) -> None:
                                     f"from the function applied to each element alone by up to "
                                     f"{gap:.1e} (relative {gap / scale:.1e})")
     try:
-        act.derivative(x)
+        derivative(x)
     except Exception as err:
         raise ActivationError(name, f"autograd cannot differentiate it ({_first_line(err)}); use "
                                     f"torch operations on the input tensor, without detaching it") from None
