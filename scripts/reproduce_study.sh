@@ -16,6 +16,10 @@ mkdir -p "$dest"
 cp "${sweep_dir}/analysis/report.md" "${sweep_dir}/analysis/report.html" \
    "${sweep_dir}/analysis/fits.csv" "$dest/"
 cp "${sweep_dir}"/analysis/*.png "$dest/" 2>/dev/null || true
+# the study tables some analyses add (catapult.csv, lr_transfer.csv, their fits), not runs.csv
+for table in "${sweep_dir}"/analysis/*.csv; do
+  case "$(basename "$table")" in runs.csv|fits.csv) ;; *) cp "$table" "$dest/" ;; esac
+done
 # A picture of report.html beside it, when headless Chromium is installed (apt-get install chromium).
 python -m ntk_lab.analysis.render "$dest/report.html" "$dest/report.png" \
   || echo "report.png not rendered (no Chromium?); report.html is there"
