@@ -196,7 +196,7 @@ def plot_loss_vs_lr(sweep: Sweep, fits, path: Path) -> bool:
             shown = curve[np.isfinite(curve)]
             ax.plot(shown.index, shown.values, "o-", color=color, ms=3, label=f"{x} {width}")
             lost = curve.index[~np.isfinite(curve.values)]
-            ax.plot(lost, [top] * len(lost), "x", color=color)
+            ax.plot(lost, [top * 1.4**index] * len(lost), "x", color=color)  # a row per width
         ax.set(xscale="log", yscale="log", xlabel="learning rate", title=f"{compared}={group}")
     panels[0].set_ylabel("train loss after the last step (× = diverged)")
     panels[0].legend(fontsize=7)
