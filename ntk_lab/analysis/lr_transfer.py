@@ -205,13 +205,14 @@ def plot_loss_vs_lr(sweep: Sweep, fits, path: Path) -> bool:
 
 
 def plot_optimum_vs_width(sweep: Sweep, fits, path: Path) -> bool:
-    """η* against width per parameterization, with the transfer regret beside it."""
+    """η* against width per parameterization, the transfer regret, and beside each optimum κ and
+    λ_max(Θ/N) at init (dashed) and at the end (solid)."""
     if not applies(sweep):
         return False
     x, compared = axes(sweep)
     table = optima(sweep)
     fitted = transfer_fits(sweep)
-    fig, (eta_ax, regret_ax) = new_figure(2)
+    fig, (eta_ax, regret_ax, kappa_ax, lambda_ax) = new_figure(4)
     for index, (group, rows) in enumerate(table.groupby(compared)):
         color, _ = style_for(index)
         fit = fitted[fitted[compared] == group] if len(fitted) else fitted
@@ -219,9 +220,17 @@ def plot_optimum_vs_width(sweep: Sweep, fits, path: Path) -> bool:
         eta_ax.plot(rows[x], rows["eta_star"], "o-", color=color, label=label)
         eta_ax.plot(rows[x], rows["eta_grid"], "s", color=color, mfc="none", ms=7)
         regret_ax.plot(rows[x], rows["regret"], "o-", color=color, label=group)
+        if "kappa" in rows:
+            kappa_ax.plot(rows[x], rows["kappa"], "o-", color=color, label=group)
+        if "lambda_max_0" in rows:
+            lambda_ax.plot(rows[x], rows["lambda_max_0"], "o--", color=color, label=f"{group}, init")
+            lambda_ax.plot(rows[x], rows["lambda_max_T"], "o-", color=color, label=f"{group}, end")
     eta_ax.set(xscale="log", yscale="log", xlabel=x, ylabel="η* (○ refined, □ grid)")
     regret_ax.set(xscale="log", xlabel=x, ylabel=f"loss at the smallest {x}'s η* / own optimum")
-    eta_ax.legend(fontsize=8)
-    regret_ax.legend(fontsize=8)
+    kappa_ax.set(xscale="log", yscale="log", xlabel=x, ylabel="κ at η* (end of training)")
+    lambda_ax.set(xscale="log", yscale="log", xlabel=x, ylabel="λ_max(Θ/N) at η*, training set")
+    for ax in (eta_ax, regret_ax, kappa_ax, lambda_ax):
+        if ax.lines:
+            ax.legend(fontsize=7)
     save_figure(fig, path)
     return True

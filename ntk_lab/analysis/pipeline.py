@@ -178,9 +178,11 @@ FIGURES = (
     FigureSpec(
         "lr_transfer_optimum_vs_width.png", lr_transfer.plot_optimum_vs_width,
         "The optimal learning rate η* (parabola through the best grid point and its "
-        "neighbours; squares: the grid point) against width, and the transfer regret: the loss "
-        "at the narrowest width's best rate over the width's own best. Theory (Adam): η* ∝ "
-        "width^−1 under standard, width^0 under mup, where the regret stays ≈ 1.",
+        "neighbours; squares: the grid point) against width, the transfer regret (the loss at "
+        "the narrowest width's best rate over the width's own best), and at each optimum κ and "
+        "λ_max(Θ/N) at init and at the end. Theory (Adam): η* ∝ width^−1 under standard, "
+        "width^0 under mup, where the regret stays ≈ 1 and the kernel's scale and motion do "
+        "not depend on width.",
         "≥ 5 learning rates and ≥ 2 widths"),
 )
 
