@@ -215,36 +215,35 @@ def analyze_sweep(root: Path, out_dir: Path | None = None, *, progress: bool = F
     fits = fit_sweep(sweep)
     atomic_write_text(out_dir / FITS_FILE, fits.table.to_csv(index=False))
     drawn, not_drawn, notes = draw_figures(sweep, fits, out_dir, progress)
-    notes += _catapult_tables(sweep, out_dir) + _transfer_tables(sweep, out_dir)
+    notes += _study_tables(sweep, out_dir)
     write_report(sweep, fits, drawn, not_drawn, notes, out_dir / REPORT_FILE)
     write_html_report(sweep, fits, drawn, not_drawn, notes, out_dir / HTML_REPORT_FILE)
     log.info("analysis of %d run folders written to %s", len(sweep.records), out_dir)
     return out_dir
 
 
-def _catapult_tables(sweep: Sweep, out_dir: Path) -> list[str]:
-    """For a sweep of learning rates in units of η_crit: catapult.csv (η_max per width),
-    catapult_fits.csv (κ against width per phase) and the report's lines on them."""
-    for name in (CATAPULT_FILE, CATAPULT_FITS_FILE):
-        (out_dir / name).unlink(missing_ok=True)
-    if not catapult.applies(sweep):
-        return []
-    atomic_write_text(out_dir / CATAPULT_FILE, catapult.eta_max_table(sweep).to_csv(index=False))
-    atomic_write_text(out_dir / CATAPULT_FITS_FILE, catapult.phase_fits(sweep).to_csv(index=False))
-    return catapult.report_lines(sweep)
+# The study tables some sweeps add beside fits.csv: (the study's module, {file: table function}).
+# A module says whether the sweep is one of its kind (``applies``) and what the report says.
+STUDY_TABLES = (
+    (catapult, {CATAPULT_FILE: catapult.eta_max_table, CATAPULT_FITS_FILE: catapult.phase_fits}),
+    (lr_transfer, {TRANSFER_FILE: lr_transfer.optima, TRANSFER_FITS_FILE: lr_transfer.transfer_fits}),
+)
 
 
-def _transfer_tables(sweep: Sweep, out_dir: Path) -> list[str]:
-    """For a sweep of ≥ 5 learning rates over ≥ 2 widths: lr_transfer.csv (η*, regret and the
-    drift at the optimum per parameterization and width), lr_transfer_fits.csv (η* against
-    width) and the report's lines on them."""
-    for name in (TRANSFER_FILE, TRANSFER_FITS_FILE):
-        (out_dir / name).unlink(missing_ok=True)
-    if not lr_transfer.applies(sweep):
-        return []
-    atomic_write_text(out_dir / TRANSFER_FILE, lr_transfer.optima(sweep).to_csv(index=False))
-    atomic_write_text(out_dir / TRANSFER_FITS_FILE, lr_transfer.transfer_fits(sweep).to_csv(index=False))
-    return lr_transfer.report_lines(sweep)
+def _study_tables(sweep: Sweep, out_dir: Path) -> list[str]:
+    """Write the tables of every study the sweep is (a catapult sweep: η_max/η_crit per width
+    and κ per phase; a transfer sweep: η*, regret and drift per width or depth, and η*'s fit),
+    remove stale ones, and return the report's lines on them."""
+    lines: list[str] = []
+    for study, tables in STUDY_TABLES:
+        for name in tables:
+            (out_dir / name).unlink(missing_ok=True)
+        if not study.applies(sweep):
+            continue
+        for name, table in tables.items():
+            atomic_write_text(out_dir / name, table(sweep).to_csv(index=False))
+        lines += study.report_lines(sweep)
+    return lines
 
 
 def draw_figures(
