@@ -26,12 +26,12 @@ from ntk_lab.models.layer_groups import trainable_layers
 from ntk_lab.dynamics.kernel_flow import KernelFlow
 from ntk_lab.dynamics.gradient_flow import GradientFlowPredictor
 from ntk_lab.kernels.network_limit import (
-    NO_LIMIT_REASON, LimitCost, format_duration,
+    NO_LIMIT_REASON, LimitCost, format_duration, limit_unavailable,
 )
 from ntk_lab.kernels.structured import factor_bytes_per_sample, fully_structured
 from ntk_lab.loggers import NullLogger, RunLogger
 from ntk_lab.models import (
-    CustomModuleError, ScaledOutput, build_network, network_inputs,
+    CustomModuleError, ScaledOutput, build_network, network_inputs, token_layout,
 )
 from ntk_lab.models.custom import check_output_shape, check_sample_independence
 from ntk_lab.training.limit_source import LimitSource, estimate_source_cost, limit_kernels
@@ -115,7 +115,7 @@ def _structured_feature_bytes(net: torch.nn.Module, sample: torch.Tensor) -> Opt
 
 
 def build_model(config: RunConfig, data: Dataset, dtype: torch.dtype, device) -> torch.nn.Module:
-    """The network of ``config.model`` (mlp, cnn, resmlp, custom) for ``data`` (as
+    """The network of ``config.model`` (mlp, cnn, resmlp, transformer, custom) for ``data`` (as
     :func:`ntk_lab.models.network_inputs` shaped it), α-scaled when ``output_scale`` ≠ 1 or
     centered."""
     m = config.model
@@ -126,6 +126,11 @@ def build_model(config: RunConfig, data: Dataset, dtype: torch.dtype, device) ->
     # on the meta device (the memory estimate) there are no values to draw: skip the seeded
     # generator, which walks every element even there (seconds at width 10⁸)
     seed = None if torch.device(device).type == "meta" else config.train.seed
+    if m.name == "transformer":  # tokens from these data? (patch size, sequence shape): one line
+        try:
+            token_layout(m.spec(), tuple(data.x_train.shape[1:]))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     try:
         net = build_network(m.spec(), tuple(data.x_train.shape[1:]), out_dim, seed=seed,
                             dtype=dtype, device=device)
@@ -196,7 +201,7 @@ def probe_kernels(config: RunConfig, data: Dataset, progress: bool = False
     x = data.x_probe.to(torch.float64)
     limit = limit_kernels(m.spec(), x, source=limit_source(config), out_dim=data.out_dim,
                           progress=progress)
-    if limit is None:  # a custom module: NaN, the reason in summary.json (NO_LIMIT_REASON)
+    if limit is None:  # no closed form: NaN, the reason in summary.json (limit_unavailable)
         limit = (torch.full((len(x), len(x)), float("nan"), dtype=torch.float64),) * 2 + (None,)
     nngp, ntk, record = limit
     kernels = {"probe_x": data.x_probe, "nngp_inf": nngp, "theta_inf": ntk * m.output_scale**2}
@@ -272,7 +277,8 @@ def run_experiment(
                         dtype, store=config.ntk.store, store_dtype=config.ntk.store_dtype,
                         max_mb=config.ntk.store_max_mb) if kernels_on else StoragePlan("none", None, None, 0)
     monte_carlo = config.lazy.infinite_width == "monte_carlo"
-    predicts = bool(config.lazy.infinite_width) and (config.model.name != "custom" or monte_carlo) \
+    no_limit = None if monte_carlo else limit_unavailable(config.model.spec(), data.x_probe)
+    predicts = bool(config.lazy.infinite_width) and no_limit is None \
         and not infinite_width_support(optimizer_settings(config))
     costs = limit_costs(config, data, predicts) if kernels_on else {}
     skipped = prediction_skipped(config, costs) if predicts else None
@@ -294,8 +300,9 @@ def run_experiment(
     no_prediction = infinite_width_support(optimizer_settings(config))
     if no_prediction and config.lazy.infinite_width and kernels_on:
         notes["infinite_width"] = no_prediction  # the reason for the NaN inf_* columns
-    if config.model.name == "custom" and not monte_carlo:  # no Θ_∞, so no prediction either
-        no_prediction = NO_LIMIT_REASON
+    if no_limit:  # no Θ_∞ (a custom module, a layer without a closed form): no prediction either
+        no_prediction = no_limit
+        notes["theta_inf"] = no_limit
     if limit_record is not None:
         notes["theta_inf"] = limit_record
     if skipped:

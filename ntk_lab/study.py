@@ -13,9 +13,11 @@ and validate the settings and call :func:`run_study`.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 from tqdm.auto import tqdm
 
 from ntk_lab.config import (
@@ -23,6 +25,7 @@ from ntk_lab.config import (
     fluctuation_settings,
 )
 from ntk_lab.data import make_dataset
+from ntk_lab.models import build_network, network_inputs
 from ntk_lab.experiment import DTYPES, resolve_device
 from ntk_lab.studies import coord_check, fluctuations
 
@@ -40,15 +43,23 @@ def run_coord_check_study(config: RunConfig, settings: dict, out_dir: Path) -> P
     device, dtype = _device_and_dtype(config)
     m = config.model
     data = make_dataset(config.data.name, **data_settings(config.data))
+    build = None
+    if m.name != "mlp":  # any other built-in network, e.g. model=transformer model.patch_size=4
+        data = network_inputs(m.name, data)
+        in_shape, out_dim = tuple(data.x_train.shape[1:]), data.out_dim
+
+        def build(width: int, parameterization: str, seed: int) -> torch.nn.Module:
+            spec = dataclasses.replace(m.spec(), width=width, parameterization=parameterization)
+            return build_network(spec, in_shape, out_dim, seed=seed)
     total = len(settings["widths"]) * len(settings["parameterizations"]) * len(settings["seeds"])
     with _progress_bar(total, config.progress, "coord_check") as bar:
         table = coord_check.run_coord_check(
             data, widths=settings["widths"], parameterizations=settings["parameterizations"],
             seeds=settings["seeds"], depth=m.depth, steps=settings["steps"], lr=settings["lr"],
             activation=m.activation, w_std=m.w_std, b_std=m.b_std, dtype=dtype, device=device,
-            progress=bar.update)
+            progress=bar.update, build=build)
     fits = coord_check.fit_slopes(table)
-    shown = {**settings, "depth": m.depth, "activation": m.activation, "w_std": m.w_std,
+    shown = {**settings, "model": m.name, "depth": m.depth, "activation": m.activation, "w_std": m.w_std,
              "b_std": m.b_std, "data": config.data.name, "n_train": len(data.x_train),
              "fixed batch": f"{len(data.x_probe)} probe inputs", "dtype": config.precision,
              "device": str(device)}

@@ -37,7 +37,15 @@ class ModelConfig:
     kernel_size: int = 3  # cnn
     padding: str = "same"  # cnn
     readout: str = "gap"  # cnn
-    branch_scale: float | str = 1.0  # resmlp: β, or "inv_sqrt_depth" for β = 1/√depth
+    branch_scale: float | str = 1.0  # resmlp, transformer: β, or "inv_sqrt_depth" for β = 1/√depth
+    heads: int = 1  # transformer: its attention layers' heads, logit scaling and mechanism, …
+    qk_std: float = 1.0
+    scaling: str = "linear"
+    mechanism: str = "softmax"
+    layer_norm: bool = True
+    pos_emb: str = "none"
+    pos_std: float = 1.0
+    patch_size: Optional[int] = None  # transformer on images: the patch side p
     target: Optional[str] = None  # custom: package.module:callable
     extra: dict = field(default_factory=dict)  # custom: further model.* keys, passed on
 
@@ -47,6 +55,9 @@ class ModelConfig:
                            parameterization=self.parameterization, w_std=self.w_std,
                            b_std=self.b_std, kernel_size=self.kernel_size, padding=self.padding,
                            readout=self.readout, branch_scale=self.branch_scale_value,
+                           heads=self.heads, qk_std=self.qk_std, scaling=self.scaling,
+                           mechanism=self.mechanism, layer_norm=self.layer_norm,
+                           pos_emb=self.pos_emb, pos_std=self.pos_std, patch_size=self.patch_size,
                            target=self.target, extra=dict(self.extra))
 
     @property
@@ -168,5 +179,9 @@ def m_arch(m: ModelConfig) -> dict[str, Any]:
     """The network's name and the knobs of its kind, for summary.json."""
     extra = {"cnn": {"kernel_size": m.kernel_size, "padding": m.padding, "readout": m.readout},
              "resmlp": {"branch_scale": m.branch_scale},
+             "transformer": {"heads": m.heads, "qk_std": m.qk_std, "scaling": m.scaling,
+                             "mechanism": m.mechanism, "layer_norm": m.layer_norm,
+                             "pos_emb": m.pos_emb, "pos_std": m.pos_std, "readout": m.readout,
+                             "branch_scale": m.branch_scale, "patch_size": m.patch_size},
              "custom": {"target": m.target, **{f"model_{k}": v for k, v in m.extra.items()}}}
     return {"model": m.name, **extra.get(m.name, {})}

@@ -21,6 +21,7 @@ from ntk_lab.loggers import LOGGERS, logger_unavailable
 from ntk_lab.training.losses import LOSSES
 from ntk_lab.models import MODELS, PARAMETERIZATIONS
 from ntk_lab.models.cnn import PADDINGS, READOUTS
+from ntk_lab.layers.attention import MECHANISMS, POS_EMBS, SCALINGS
 from ntk_lab.training.lr_units import LR_UNITS
 from ntk_lab.training.optimizers import OPTIMIZERS, SCHEDULES
 from ntk_lab.records.storage import DEFAULT_STORE_MAX_MB, STORE_DTYPES, STORE_LEVELS
@@ -155,11 +156,30 @@ def _model_config(model: Mapping[str, Any], g: Callable) -> ModelConfig:
         m.kernel_size = k
         m.padding = _choice("model.padding", g(model, "model", "padding", "same"), PADDINGS)
         m.readout = _choice("model.readout", g(model, "model", "readout", "gap"), READOUTS)
-    if name == "resmlp":
+    if name == "transformer":
+        _transformer_keys(m, model, g)
+    if name in ("resmlp", "transformer"):
         scale = g(model, "model", "branch_scale", 1.0)
         m.branch_scale = scale if scale == INV_SQRT_DEPTH else _float(
             "model.branch_scale", scale, lambda v: v >= 0, f"must be a number >= 0 or {INV_SQRT_DEPTH}")
     return m
+
+
+def _transformer_keys(m: ModelConfig, model: Mapping[str, Any], g: Callable) -> None:
+    """The transformer's own keys (configs/model/transformer.yaml)."""
+    m.heads = _int("model.heads", g(model, "model", "heads", 1), 1)
+    if m.width % m.heads:
+        divisors = [k for k in range(1, min(m.width, 64) + 1) if m.width % k == 0]
+        raise _fail("model.heads", m.heads, f"must divide the width {m.width}; allowed: "
+                    f"{', '.join(map(str, divisors))}")
+    m.qk_std = _float("model.qk_std", g(model, "model", "qk_std", 1.0), lambda v: v > 0, "must be > 0")
+    m.scaling = _choice("model.scaling", g(model, "model", "scaling", "linear"), SCALINGS)
+    m.mechanism = _choice("model.mechanism", g(model, "model", "mechanism", "softmax"), MECHANISMS)
+    m.layer_norm = _bool("model.layer_norm", g(model, "model", "layer_norm", True))
+    m.pos_emb = _choice("model.pos_emb", g(model, "model", "pos_emb", "none"), POS_EMBS)
+    m.pos_std = _float("model.pos_std", g(model, "model", "pos_std", 1.0), lambda v: v >= 0, "must be >= 0")
+    m.readout = _choice("model.readout", g(model, "model", "readout", "gap"), READOUTS)
+    m.patch_size = _int("model.patch_size", g(model, "model", "patch_size", None), 1, optional=True)
 
 
 def validate(cfg: Mapping[str, Any]) -> RunConfig:

@@ -32,6 +32,9 @@ class Dataset:
         image_shape: (C, H, W) when every input row is an image flattened in C, H, W order
             (digits: (1, 8, 8)), else None. :meth:`as_images` gives the (N, C, H, W) view a
             conv net takes; an MLP takes the flat rows.
+        token_shape: (T, d) when every input row is a sequence of T tokens of d features
+            flattened token by token (a ``data=file`` whose x is (N, T, d)), else None.
+            :meth:`as_tokens` gives the (N, T, d) view a transformer takes.
         num_classes: the number of classes of a classification data set (targets are
             one-hot rows, or ±1 for two classes), None for regression. Accuracy is recorded
             only when it is set.
@@ -47,6 +50,7 @@ class Dataset:
     y_probe: Optional[Tensor] = None
     image_shape: Optional[tuple[int, int, int]] = None
     num_classes: Optional[int] = None
+    token_shape: Optional[tuple[int, int]] = None
 
     @property
     def in_dim(self) -> int:
@@ -74,6 +78,20 @@ class Dataset:
         image = lambda t: t.reshape(t.shape[0], *shape)  # noqa: E731
         return dataclasses.replace(self, x_train=image(self.x_train), x_test=image(self.x_test),
                                    x_probe=image(self.x_probe))
+
+
+    def as_tokens(self) -> "Dataset":
+        """The same data with every input reshaped to (N, T, d) (``token_shape``).
+
+        Raises:
+            DataError: the data set has no token shape.
+        """
+        if self.token_shape is None:
+            raise DataError(f"the {self.name} data are vectors, not sequences (N, T, d)")
+        shape = tuple(self.token_shape)
+        tokens = lambda t: t.reshape(t.shape[0], *shape)  # noqa: E731
+        return dataclasses.replace(self, x_train=tokens(self.x_train), x_test=tokens(self.x_test),
+                                   x_probe=tokens(self.x_probe))
 
 
 _TENSOR_FIELDS = ("x_train", "y_train", "x_test", "y_test", "x_probe", "probe_angle", "y_probe")

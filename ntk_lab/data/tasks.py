@@ -153,8 +153,9 @@ def _check_arrays(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, 
     if x.ndim == 1:
         x = x[:, None]
     for label, a in (("x", x), ("y", y)):
-        if a.ndim != 2:
-            raise DataError(f"data.path: {name}: '{label}' must be 1-D or 2-D, got shape {a.shape}")
+        if a.ndim != 2 and not (label == "x" and a.ndim == 3):  # x may be sequences (N, T, d)
+            allowed = "1-D, 2-D or 3-D (N, T, d) sequences" if label == "x" else "1-D or 2-D"
+            raise DataError(f"data.path: {name}: '{label}' must be {allowed}, got shape {a.shape}")
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
             raise DataError(f"data.path: {name}: '{label}' must be numeric, got dtype {a.dtype}")
         if not np.all(np.isfinite(a.astype(np.float64))):
@@ -171,6 +172,8 @@ def from_file(path: str | Path, n_train: Optional[int] = None, n_test: Optional[
     ``n_train`` defaults to 80% of the rows, ``n_test`` to the rest.
     """
     x, y = load_arrays(path)
+    token_shape = tuple(int(k) for k in x.shape[1:]) if x.ndim == 3 else None
+    x = x.reshape(len(x), -1)  # sequences are kept flat, token by token (Dataset.token_shape)
     n = len(x)
     n_train = int(0.8 * n) if n_train is None else int(n_train)
     n_test = n - n_train if n_test is None else int(n_test)
@@ -182,7 +185,7 @@ def from_file(path: str | Path, n_train: Optional[int] = None, n_test: Optional[
     x_test = t(x[order[n_train:n_train + n_test]])
     y_test = t(y[order[n_train:n_train + n_test]])
     return Dataset("file", t(x[order[:n_train]]), t(y[order[:n_train]]), x_test, y_test,
-                   x_test[:n_probe].clone(), y_probe=y_test[:n_probe].clone())
+                   x_test[:n_probe].clone(), y_probe=y_test[:n_probe].clone(), token_shape=token_shape)
 
 
 def _image_builder(name: str):

@@ -9,7 +9,10 @@ pair state is computed in tiles of input blocks (rows of x1 × columns of x2, on
 triangle when x2 is x1): a network that pools globally needs every position pair, a
 (b1, b2, P, P) tensor per tile, and tiles keep it — and each layer's temporaries — inside
 a budget and mostly in cache. A network without global pooling carries the same-position
-terms only, (b1, b2, P).
+terms only, (b1, b2, P). A token network (any layer marked ``channels_last``: attention,
+LayerNorm, a token readout) takes sequences (N, T, d), or images cut by a leading
+:class:`~ntk_lab.layers.tokens.PatchTokens`, and carries every token pair plus each input's
+own (T, T) covariance.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ntk_lab.layers.state import KernelState
+from ntk_lab.layers.tokens import PatchTokens
 
 DEFAULT_TILE_BYTES = 1 << 20
 """Bytes of one float64 pair tensor per tile. A tile's dozen live temporaries (the arc-cosine
@@ -59,8 +63,16 @@ def composed_kernels(
     symmetric = x2 is None
     x1 = x1.detach().to(torch.float64)
     x2 = x1 if symmetric else x2.detach().to(device=x1.device, dtype=torch.float64)
-    full = any(getattr(layer, "mixes_positions", False) for layer in _flat(layers))
-    positions = math.prod(x1.shape[2:]) if x1.ndim > 2 else 1
+    layers = list(layers)
+    if layers and isinstance(layers[0], PatchTokens):  # images -> tokens: a regrouping of inputs
+        cut, layers = layers[0], layers[1:]
+        x1, x2 = cut(x1), (None if symmetric else cut(x2))
+        x2 = x1 if symmetric else x2
+    tokens = any(getattr(layer, "channels_last", False) for layer in _flat(layers))
+    full = tokens or any(getattr(layer, "mixes_positions", False) for layer in _flat(layers))
+    if tokens and x1.ndim != 3:
+        raise ValueError(f"a token network needs sequences (N, T, d), got inputs of shape {tuple(x1.shape)}")
+    positions = (x1.shape[1] if tokens else math.prod(x1.shape[2:])) if x1.ndim > 2 else 1
     pair_bytes = 8 * (positions * positions if full else positions)
     budget = tile_bytes if memory_budget_bytes is None else min(
         tile_bytes, memory_budget_bytes // _LIVE_TEMPORARIES)
@@ -71,7 +83,8 @@ def composed_kernels(
     tiles = list(_tiles(n1, n2, symmetric, side))
     for rows, cols, on_diagonal in tqdm(tiles, desc="Θ_∞ tiles", disable=not progress, leave=False,
                                         dynamic_ncols=True):
-        state = KernelState.from_inputs(x1[rows], x2[cols], full)
+        state = (KernelState.from_tokens(x1[rows], x2[cols]) if tokens
+                 else KernelState.from_inputs(x1[rows], x2[cols], full))
         for layer in layers:
             state = layer.kernel_map(state)
         if not state.is_vector:

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from ntk_lab.kernels.analytic import infinite_width_kernels
+from ntk_lab.layers.state import NoClosedForm
 from ntk_lab.models import NetworkSpec, build_network
 
 NO_LIMIT_REASON = ("model=custom: a user's module has no known infinite-width limit, so Θ_∞ is NaN "
@@ -30,12 +31,34 @@ def infinite_width_of(spec: NetworkSpec, x1: torch.Tensor, x2: Optional[torch.Te
     """(NNGP_∞, Θ_∞) float64 of the network ``spec`` describes between x1 and x2, or None for
     a custom module (no known limit: :data:`NO_LIMIT_REASON`).
 
-    The MLP uses the keyword form of :func:`ntk_lab.kernels.infinite_width_kernels`; CNN and
-    ResMLP are built on the ``meta`` device (no storage: their kernel maps need only the
+    None also when a layer has no closed form in these settings (:func:`limit_unavailable`).
+    The MLP uses the keyword form of :func:`ntk_lab.kernels.infinite_width_kernels`; CNN,
+    ResMLP and Transformer are built on the ``meta`` device (no storage: their kernel maps need only the
     layers' coefficients) and their maps composed; ``progress`` shows a bar over their tiles.
     """
     limit = _limit_function(spec, tuple(x1.shape[1:]))
-    return None if limit is None else limit(x1, x2, progress)
+    if limit is None:
+        return None
+    try:
+        return limit(x1, x2, progress)
+    except NoClosedForm:  # a layer without a closed form in these settings: limit_unavailable says why
+        return None
+
+
+def limit_unavailable(spec: NetworkSpec, x: torch.Tensor) -> Optional[str]:
+    """Why the network of ``spec`` has no closed-form Θ_∞ on inputs like ``x``'s rows — a custom
+    module (:data:`NO_LIMIT_REASON`), or a layer without a closed form in these settings
+    (:class:`~ntk_lab.layers.state.NoClosedForm`: softmax attention with 1/√n_k logits, a
+    LayerNorm with a trained gain) — else None. Tries the maps on one input (milliseconds)."""
+    limit = _limit_function(spec, tuple(x.shape[1:]))
+    if limit is None:
+        return NO_LIMIT_REASON
+    try:
+        limit(x[:1].to(torch.float64), None, False)
+    except NoClosedForm as err:
+        return (f"{err}; so Θ_∞ is NaN and the metrics built on it are NaN or not recorded "
+                f"(lazy.infinite_width=monte_carlo estimates Θ_∞ instead)")
+    return None
 
 
 def _limit_function(spec: NetworkSpec, in_shape: tuple[int, ...]):
@@ -101,7 +124,10 @@ def estimate_limit_cost(spec: NetworkSpec, x: torch.Tensor, pairs: int, *,
     if limit is None or pairs <= 0:
         return None
     x = x.to(torch.float64)
-    limit(x[:1], x[:1].clone(), False)  # warm-up: first-call costs are not per pair
+    try:
+        limit(x[:1], x[:1].clone(), False)  # warm-up: first-call costs are not per pair
+    except NoClosedForm:  # no closed form in these settings: nothing to estimate
+        return None
     per_pair = _seconds_per_pair(limit, x)
     for _ in range(CONFIRM_TRIES if confirm_above is not None else 0):
         if per_pair * pairs <= confirm_above:

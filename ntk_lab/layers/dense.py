@@ -4,7 +4,9 @@
     four numbers of :func:`~ntk_lab.layers.scales.layer_scales`.
 (b) kernel map on vectors (Lee et al. 2018; Jacot et al. 2018), with the coefficients of
     :func:`~ntk_lab.layers.scales.kernel_coefficients`:
-        Σ_out = v_w·Σ_in + v_b,   Θ_out = g_w·Σ_in + g_b + v_w·Θ_in,   var likewise as Σ.
+        Σ_out = v_w·Σ_in + v_b,   Θ_out = g_w·Σ_in + g_b + v_w·Θ_in,   var likewise as Σ;
+    on token sequences (N, T, C) the layer acts on every token alike, so the same map holds
+    for every pair of tokens (and for the inputs' own (T, T) covariances).
 (c) structured factors: u = h (one position), δ = ∂f/∂z — for ``Dense`` and ``torch.nn.Linear``.
 """
 
@@ -28,19 +30,24 @@ class Dense(nn.Module):
         scales: init stds and multipliers (:func:`~ntk_lab.layers.scales.layer_scales`).
         coefficients: the kernel-map coefficients; None for a layer used only as a finite
             module (its ``kernel_map`` then raises).
+        bias: whether the layer has a bias (its coefficients' v_b, g_b must then be 0).
 
-    Shapes: input (N, in_features) -> output (N, out_features).
+    Shapes: input (N, in_features) -> output (N, out_features); (N, T, in_features) ->
+    (N, T, out_features), per token.
     """
 
     def __init__(self, in_features: int, out_features: int, scales: LayerScales,
-                 coefficients: Optional[KernelCoefficients] = None):
+                 coefficients: Optional[KernelCoefficients] = None, *, bias: bool = True):
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.scales = scales
         self.coefficients = coefficients
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(out_features))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features))
+        else:  # attention's key, query and value maps have none
+            self.register_parameter("bias", None)
 
     @property
     def weight_multiplier(self) -> float:
@@ -53,22 +60,23 @@ class Dense(nn.Module):
     def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
         with torch.no_grad():
             self.weight.normal_(0.0, 1.0, generator=generator).mul_(self.scales.weight_init_std)
-            self.bias.normal_(0.0, 1.0, generator=generator).mul_(self.scales.bias_init_std)
+            if self.bias is not None:
+                self.bias.normal_(0.0, 1.0, generator=generator).mul_(self.scales.bias_init_std)
 
     def forward(self, h: Tensor) -> Tensor:
         z = (h @ self.weight.T) * self.scales.weight_multiplier
-        return z + self.bias * self.scales.bias_multiplier
+        return z if self.bias is None else z + self.bias * self.scales.bias_multiplier
 
     def kernel_map(self, state: KernelState) -> KernelState:
         """Σ_out = v_w Σ + v_b, Θ_out = g_w Σ + g_b + v_w Θ on a vector state (N1, N2)."""
         c = _require_coefficients(self)
-        if not state.is_vector:
+        if not (state.is_vector or state.channels_last):
             raise ValueError("a dense layer needs vector inputs: flatten or pool feature maps first")
+        affine = lambda k, _=None: None if k is None else c.v_w * k + c.v_b  # noqa: E731
         return state.replace(
-            nngp=c.v_w * state.nngp + c.v_b,
+            nngp=affine(state.nngp),
             ntk=c.g_w * state.nngp + c.g_b + c.v_w * state.ntk,
-            var1=None if state.var1 is None else c.v_w * state.var1 + c.v_b,
-            var2=None if state.var2 is None else c.v_w * state.var2 + c.v_b,
+            var1=affine(state.var1), var2=affine(state.var2), **state.map_self_covariances(affine),
         )
 
     def extra_repr(self) -> str:
@@ -90,7 +98,7 @@ def dense_factors(module: nn.Module, h: Tensor, delta: Tensor) -> AffineFactors:
     (nn.Linear acts on the last dim), whose positions then share the weights."""
     n, out = h.shape[0], delta.shape[1]
     if isinstance(module, Dense):
-        m_w, m_b = module.weight_multiplier, module.bias_multiplier
+        m_w, m_b = module.weight_multiplier, (module.bias_multiplier if module.bias is not None else None)
     else:
         m_w, m_b = 1.0, (1.0 if module.bias is not None else None)
     return AffineFactors(h.reshape(n, -1, h.shape[-1]), delta.reshape(n, out, -1, delta.shape[-1]),

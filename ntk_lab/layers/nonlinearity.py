@@ -42,7 +42,14 @@ class Nonlinearity(nn.Module):
                                               degree=self.quadrature_degree)
         return state.replace(nngp=e_phi, ntk=e_dphi.mul_(state.ntk),
                              var1=gaussian_moments(self.activation, state.var1)[0],
-                             var2=gaussian_moments(self.activation, state.var2)[0])
+                             var2=gaussian_moments(self.activation, state.var2)[0],
+                             **state.map_self_covariances(self._self_map))
+
+    def _self_map(self, cov: Tensor, _which: int) -> Tensor:
+        """E[φ(u_t) φ(u_t')] over one input's own (T, T) token covariance (n, T, T)."""
+        var = cov.diagonal(dim1=-2, dim2=-1)
+        return gaussian_expectations(self.activation, var.unsqueeze(-1), cov, var.unsqueeze(-2),
+                                     degree=self.quadrature_degree)[0]
 
     def extra_repr(self) -> str:
         return self.activation.name

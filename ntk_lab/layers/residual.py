@@ -5,7 +5,8 @@
     FanInSum)`` with the branch scaled by β): in the infinite-width limit the branch's output is
     a Gaussian process independent of its input's (its last weights are independent with mean
     zero), so covariances and NTKs add:
-        Σ_out = Σ + β²·Σ_branch,   Θ_out = Θ + β²·Θ_branch,   var_out = var + β²·var_branch,
+        Σ_out = Σ + β²·Σ_branch,   Θ_out = Θ + β²·Θ_branch,   var_out = var + β²·var_branch
+    (and the token sequences' own covariances likewise),
     where (Σ_branch, Θ_branch) is the branch's layer maps composed on the block's input state.
 The block has no parameters of its own; its branch's layers carry their own factors.
 """
@@ -40,7 +41,8 @@ class Residual(nn.Module):
         b2 = self.beta ** 2
         add = lambda a, b: None if a is None or b is None else a + b2 * b  # noqa: E731
         return state.replace(nngp=state.nngp + b2 * inner.nngp, ntk=state.ntk + b2 * inner.ntk,
-                             var1=add(state.var1, inner.var1), var2=add(state.var2, inner.var2))
+                             var1=add(state.var1, inner.var1), var2=add(state.var2, inner.var2),
+                             cov1=add(state.cov1, inner.cov1), cov2=add(state.cov2, inner.cov2))
 
     def extra_repr(self) -> str:
         return f"beta={self.beta:g}"

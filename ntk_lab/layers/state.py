@@ -15,7 +15,11 @@ the variances being what a nonlinearity needs besides the covariance. Two layout
 * not ``full``: pair dims (n1, n2, *S), the same-position terms only — enough for a network
   whose readout flattens, since a convolution maps same-position terms to same-position terms.
 
-For vectors both layouts are (n1, n2). Everything is float64. Tiling over blocks of inputs
+For vectors both layouts are (n1, n2). Token sequences (n, T, C), channels last, use the
+``full`` layout with S = (T,) and also carry each input's own covariance over every pair of
+tokens, ``cov1`` (n1, T, T) and ``cov2`` (n2, T, T): self-attention weighs tokens by them
+(neural-tangents' ``cov1``/``cov2``), and they keep the variances known after a layer that
+mixes tokens. Everything is float64. Tiling over blocks of inputs
 (``ntk_lab.kernels.analytic``) keeps the (P, P) layout inside a memory budget.
 """
 
@@ -41,6 +45,10 @@ class KernelState:
         full: whether all position pairs are held.
         zero_ntk: ``ntk`` is known to be 0 (the inputs' state), so a layer may skip its work on
             it; :meth:`replace` clears it whenever ``ntk`` is replaced.
+        cov1, cov2: (n1, *S, *S), (n2, *S, *S): each input's own covariance over every pair
+            of positions; carried for token sequences (None otherwise).
+        channels_last: the representation is (n, *S, C), a token sequence: a dense layer
+            then acts on every token alike.
     """
 
     nngp: Tensor
@@ -50,6 +58,9 @@ class KernelState:
     spatial: Tuple[int, ...] = ()
     full: bool = False
     zero_ntk: bool = False
+    cov1: Optional[Tensor] = None
+    cov2: Optional[Tensor] = None
+    channels_last: bool = False
 
     def replace(self, **changes) -> "KernelState":
         if "ntk" in changes:
@@ -76,6 +87,29 @@ class KernelState:
         v2 = self.var2.reshape(1, self.var2.shape[0], *((1,) * s if self.full else ()), *self.spatial)
         return v1, v2
 
+    def map_self_covariances(self, fn) -> dict:
+        """``{"cov1": fn(cov1, 1), "cov2": fn(cov2, 2)}`` for the inputs' own covariances that
+        are carried (the keyword arguments of :meth:`replace`); empty when none are."""
+        changes = {}
+        if self.cov1 is not None:
+            changes["cov1"] = fn(self.cov1, 1)
+        if self.cov2 is not None:
+            changes["cov2"] = fn(self.cov2, 2)
+        return changes
+
+    @staticmethod
+    def from_tokens(x1: Tensor, x2: Tensor) -> "KernelState":
+        """The state of token sequences x1 (n1, T, C), x2 (n2, T, C), float64: every pair of
+        tokens, Σ⁰[a, b, t, t'] = x1[a, t]·x2[b, t'] / C, Θ⁰ = 0, and the inputs' own (T, T)
+        covariances."""
+        channels, tokens = x1.shape[-1], x1.shape[1]
+        nngp = torch.einsum("itc,jsc->ijts", x1, x2) / channels
+        cov1 = torch.einsum("itc,isc->its", x1, x1) / channels
+        cov2 = torch.einsum("itc,isc->its", x2, x2) / channels
+        return KernelState(nngp, torch.zeros_like(nngp), cov1.diagonal(dim1=1, dim2=2).clone(),
+                           cov2.diagonal(dim1=1, dim2=2).clone(), (tokens,), True, zero_ntk=True,
+                           cov1=cov1, cov2=cov2, channels_last=True)
+
     @staticmethod
     def from_inputs(x1: Tensor, x2: Tensor, full: bool) -> "KernelState":
         """The state of the data: Σ⁰ = mean over channels of x1·x2 (per position), Θ⁰ = 0.
@@ -99,3 +133,10 @@ class KernelState:
         var1 = (a * a).sum(1).reshape(len(a), *spatial) / channels
         var2 = (b * b).sum(1).reshape(len(b), *spatial) / channels
         return KernelState(nngp / channels, torch.zeros_like(nngp), var1, var2, spatial, full, zero_ntk=True)
+
+
+class NoClosedForm(ValueError):
+    """A layer whose infinite-width kernel has no closed form in these settings (softmax
+    attention with 1/√n_key logits, a LayerNorm with trained gain and bias, …); the message
+    says why. Θ_∞ is then NaN with that reason, or a Monte-Carlo estimate
+    (``lazy.infinite_width=monte_carlo``)."""

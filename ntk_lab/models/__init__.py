@@ -3,6 +3,7 @@
     MLP      fully connected (mlp.py)
     CNN      conv layers + GAP or flatten readout (cnn.py)
     ResMLP   residual MLP (resmlp.py)
+    Transformer  pre-LN transformer on token sequences or patch-cut images (transformer.py)
     custom   a user's callable returning an nn.Module (custom.py)
 
 ``factory.py`` builds any of them from plain settings; ``layer_groups.py`` is the one place
@@ -16,16 +17,17 @@ from ntk_lab.layers import PARAMETERIZATIONS, Dense, LayerScales, layer_scales
 from ntk_lab.models.cnn import CNN
 from ntk_lab.models.custom import CustomModuleError
 from ntk_lab.models.factory import (
-    MODELS, NetworkSpec, build_network, needs_images, network_inputs,
+    MODELS, NetworkSpec, build_network, needs_images, network_inputs, token_layout,
 )
 from ntk_lab.models.layer_groups import kernel_layers, parameter_layers, trainable_layers
 from ntk_lab.models.mlp import MLP
 from ntk_lab.models.resmlp import ResMLP
+from ntk_lab.models.transformer import Transformer
 from ntk_lab.models.wrappers import ScaledOutput, unwrap, unwrap_mlp
 
 __all__ = [
     "CNN", "CustomModuleError", "Dense", "LayerScales", "MLP", "MODELS",
-    "NetworkSpec", "PARAMETERIZATIONS", "ResMLP", "ScaledOutput", "build_network",
+    "NetworkSpec", "PARAMETERIZATIONS", "ResMLP", "ScaledOutput", "Transformer", "token_layout", "build_network",
     "kernel_layers", "layer_scales", "needs_images", "network_inputs", "parameter_layers", "trainable_layers", "unwrap",
     "unwrap_mlp",
 ]

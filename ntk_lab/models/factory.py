@@ -1,4 +1,4 @@
-"""Build any network of ``model=mlp|cnn|resmlp|custom`` from plain settings (what the
+"""Build any network of ``model=mlp|cnn|resmlp|transformer|custom`` from plain settings (what the
 experiment runner calls; only the command lines read the Hydra config)."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from ntk_lab.models.cnn import CNN
 from ntk_lab.models.custom import CustomModuleError, build_custom
 from ntk_lab.models.mlp import MLP
 from ntk_lab.models.resmlp import ResMLP
+from ntk_lab.models.transformer import Transformer
 
-MODELS = ("mlp", "cnn", "resmlp", "custom")
+MODELS = ("mlp", "cnn", "resmlp", "transformer", "custom")
 
 
 @dataclass
@@ -38,14 +39,47 @@ class NetworkSpec:
     padding: str = "same"
     readout: str = "gap"
     branch_scale: float = 1.0
+    heads: int = 1  # transformer (and its attention: mechanism, scaling, qk_std, pos_emb, …)
+    qk_std: float = 1.0
+    scaling: str = "linear"
+    mechanism: str = "softmax"
+    layer_norm: bool = True
+    pos_emb: str = "none"
+    pos_std: float = 1.0
+    patch_size: Optional[int] = None
     target: Optional[str] = None
     extra: dict = field(default_factory=dict)
 
 
 def needs_images(name: str) -> bool:
     """Whether the network takes (N, C, H, W) images (a CNN); custom modules take images when
-    the data has an image shape, vectors otherwise."""
+    the data has an image shape, vectors otherwise; a transformer takes images or sequences."""
     return name == "cnn"
+
+
+def token_layout(spec: NetworkSpec, in_shape: Sequence[int]) -> tuple[int, int]:
+    """(T, d): the tokens a transformer makes of one input of shape ``in_shape`` — a sequence
+    (T, d), or an image (C, H, W) cut into p × p patches (T = HW/p², d = C·p²).
+
+    Raises:
+        ValueError: vector inputs, images without ``patch_size``, or a patch size that does
+            not divide the image (one line each, naming the key).
+    """
+    in_shape = tuple(in_shape)
+    if len(in_shape) == 2:
+        return in_shape
+    if len(in_shape) == 3:
+        p = spec.patch_size
+        if not p:
+            raise ValueError(f"model=transformer on images of shape {in_shape} needs model.patch_size "
+                             f"(the side p of the square patches that become tokens)")
+        c, h, w = in_shape
+        if h % p or w % p:
+            raise ValueError(f"model.patch_size={p} does not divide the image size {h}×{w}: allowed: "
+                             f"{', '.join(str(k) for k in range(1, min(h, w) + 1) if h % k == 0 and w % k == 0)}")
+        return (h // p) * (w // p), c * p * p
+    raise ValueError(f"model=transformer needs sequences (N, T, d) (data=file with x of shape (N, T, d)) "
+                     f"or images with model.patch_size; these inputs are vectors of shape {in_shape}")
 
 
 def build_network(spec: NetworkSpec, in_shape: Sequence[int], out_dim: int, *, seed: Optional[int],
@@ -74,6 +108,13 @@ def build_network(spec: NetworkSpec, in_shape: Sequence[int], out_dim: int, *, s
         return CNN(in_shape[0], spec.width, spec.depth, kernel_size=spec.kernel_size,
                    padding=spec.padding, readout=spec.readout, spatial_shape=in_shape[1:],
                    **common)
+    if spec.name == "transformer":
+        tokens, d = token_layout(spec, in_shape)
+        return Transformer(d, spec.width, spec.depth, heads=spec.heads, qk_std=spec.qk_std,
+                           scaling=spec.scaling, mechanism=spec.mechanism, layer_norm=spec.layer_norm,
+                           pos_emb=spec.pos_emb, pos_std=spec.pos_std, readout=spec.readout,
+                           branch_scale=spec.branch_scale, n_tokens=tokens,
+                           patch_size=spec.patch_size if len(in_shape) == 3 else None, **common)
     if not spec.target:
         raise CustomModuleError("model.target must be set for model=custom (package.module:callable)")
     if seed is not None:
@@ -86,7 +127,10 @@ def build_network(spec: NetworkSpec, in_shape: Sequence[int], out_dim: int, *, s
 def network_inputs(name: str, data):
     """The data set as the network takes it: (N, C, H, W) images for a CNN (a one-line
     DataError on vector data) and for a custom module when the data has an image shape;
-    flat rows otherwise. ``data``: an :class:`ntk_lab.data.Dataset`."""
-    if name == "cnn" or (name == "custom" and data.image_shape is not None):
+    (N, T, d) sequences, or images, for a transformer; flat rows otherwise. ``data``: an
+    :class:`ntk_lab.data.Dataset`."""
+    if name == "cnn" or (name in ("custom", "transformer") and data.image_shape is not None):
         return data.as_images()
+    if name in ("custom", "transformer") and data.token_shape is not None:
+        return data.as_tokens()
     return data

@@ -101,10 +101,16 @@ def run_coord_check(
     seeds: Sequence[int], depth: int, steps: int, lr: float, activation: str = "relu",
     w_std: float = 1.0, b_std: float = 0.0, dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu", progress: Optional[Callable[[int], None]] = None,
+    build: Optional[Callable[[int, str, int], nn.Module]] = None,
 ) -> pd.DataFrame:
     """The coordinate check over a grid: one :func:`coord_check_run` per (width,
     parameterization, seed), trained on ``data``'s training set and measured on its probe
     inputs.
+
+    ``build(width, parameterization, seed)`` makes the network (float32 on the CPU; moved to
+    ``dtype`` and ``device`` here) — any built-in one, e.g. a transformer, whose layers'
+    inputs are then the "hidden features"; by default the MLP of ``depth``, ``activation``,
+    ``w_std``, ``b_std``, with ``data`` as the network takes it.
 
     Returns:
         coord_check.csv as a DataFrame with columns :data:`TABLE_COLUMNS`.
@@ -114,9 +120,12 @@ def run_coord_check(
     for parameterization in parameterizations:
         for width in widths:
             for seed in seeds:
-                model = MLP(data.in_dim, width, depth, out_dim=data.out_dim,
-                            activation=activation, parameterization=parameterization,
-                            w_std=w_std, b_std=b_std, seed=seed, dtype=dtype, device=device)
+                if build is None:
+                    model = MLP(data.in_dim, width, depth, out_dim=data.out_dim,
+                                activation=activation, parameterization=parameterization,
+                                w_std=w_std, b_std=b_std, seed=seed, dtype=dtype, device=device)
+                else:
+                    model = build(width, parameterization, seed).to(dtype=dtype, device=device)
                 run = coord_check_run(model, data.x_train, data.y_train, data.x_probe,
                                       steps=steps, lr=lr)
                 rows += [{"width": width, "parameterization": parameterization, "seed": seed,

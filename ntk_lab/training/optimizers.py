@@ -46,7 +46,8 @@ import torch
 from torch import nn
 
 from ntk_lab.models.layer_groups import trainable_layers
-from ntk_lab.models import CNN, MLP, ResMLP, unwrap
+from ntk_lab.models import CNN, MLP, ResMLP, Transformer, unwrap
+from ntk_lab.models.serial import Serial
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "cosine")
@@ -94,16 +95,17 @@ def parameter_groups(model: nn.Module, settings: OptimizerSettings,
     if not (settings.name == "adam" and parameterization == "mup"):
         return [{"params": [p for _, p in trainable], "lr": settings.lr}]
     net, _ = unwrap(model)
-    if not isinstance(net, (MLP, CNN, ResMLP)):
+    if not isinstance(net, (MLP, CNN, ResMLP, Transformer, Serial)):
         raise ValueError("μP Adam learning rates are defined for the built-in networks "
-                         "(mlp, cnn, resmlp) only")
+                         "(mlp, cnn, resmlp, transformer, Serial) only")
     n = net.width  # channels for the CNN
     layers = trainable_layers(net)  # forward order: the input layer first, the readout last
     groups = []
     for i, layer in enumerate(layers):
         kind = "input" if i == 0 else "output" if i == len(layers) - 1 else "hidden"
         c_weight, c_bias = mup_adam_exponents(kind)
-        groups.append({"params": [layer.weight], "lr": settings.lr * n ** -c_weight})
+        if getattr(layer, "weight", None) is not None:  # positional embeddings: the rest
+            groups.append({"params": [layer.weight], "lr": settings.lr * n ** -c_weight})
         if getattr(layer, "bias", None) is not None:
             groups.append({"params": [layer.bias], "lr": settings.lr * n ** -c_bias})
     covered = {id(p) for g in groups for p in g["params"]}
