@@ -169,11 +169,16 @@ def expected_slope(spec: FitSpec, group: Mapping[str, Any], sweep: Sweep) -> str
             return "≈ 0 (feature learning)"
         return "between -1 and -0.5" if parameterization in ("ntk", None) else "—"
     if spec.metric.startswith("param_change_layer") and parameterization in ("ntk", None):
-        depth = _setting(sweep, group, "depth")
+        if _setting(sweep, group, "model") not in ("mlp", "cnn", "resmlp", "transformer", None):
+            return "—"
+        # the readout is the last layer: the highest layer column the sweep recorded (depth + 1
+        # for the MLP and CNN, depth + 2 for the ResMLP, more for a transformer's blocks)
+        layers = [layer_number(c) for c in sweep.metric_columns if c.startswith("param_change_layer")]
+        readout = max(layers, default=None)
         layer = layer_number(spec.metric)
-        if layer == 1 or (isinstance(depth, (int, float)) and layer == depth + 1):
+        if layer == 1 or layer == readout:
             return "-0.5 (input / readout)"
-        return "-1 (hidden)" if depth is not None else "—"
+        return "-1 (hidden)"
     return "—"
 
 
