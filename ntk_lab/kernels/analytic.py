@@ -208,8 +208,13 @@ def _model_kernels(model: nn.Module, x1: Tensor, x2: Optional[Tensor],
         if not isinstance(x, Tensor) or x.ndim < 2:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"{name} must be a batch of inputs (N, ...), got {shape}")
+        param = next(model.parameters())
+        if param.is_meta:
+            # a network built on the meta device only for its kernel maps (as runs build it):
+            # no forward check, whose first meta operation in a process costs ~1 s (torch
+            # imports its meta decompositions); its shapes come from the data it will see
+            continue
         try:
-            param = next(model.parameters())
             with torch.no_grad():
                 model(x[:1].detach().to(dtype=param.dtype, device=param.device))
         except (RuntimeError, ValueError) as err:
