@@ -105,3 +105,18 @@ def test_a_wide_residual_mlp_converges_to_its_closed_form_kernels():
     limit_net = ResMLP(3, 4096, 1, w_std=1.0, b_std=0.1, branch_scale=0.5, dtype=F64, device="meta")
     nngp, ntk = infinite_width_kernels(x, model=limit_net)
     assert_agrees(mc, nngp, ntk)
+
+
+@pytest.mark.parametrize("second", [False, True])
+def test_batched_inputs_give_the_same_estimates(second):
+    """batch_size computes each network's kernels in (b, b) blocks of inputs (the symmetric
+    kernel from the blocks on and above the diagonal): the same numbers as all at once, to
+    float64 round-off (1e-13 absolute on O(1) kernels: a sum in another order)."""
+    torch.manual_seed(0)
+    x1 = torch.randn(7, 3, dtype=torch.float64)
+    x2 = torch.randn(5, 3, dtype=torch.float64) if second else None
+    build = lambda s: MLP(3, 32, 2, b_std=0.1, seed=s, dtype=torch.float64)  # noqa: E731
+    whole = monte_carlo_kernels(build, x1, x2, n_samples=3)
+    blocked = monte_carlo_kernels(build, x1, x2, n_samples=3, batch_size=2)
+    for key in ("nngp", "ntk", "nngp_se", "ntk_se"):
+        assert torch.allclose(blocked[key], whole[key], rtol=0, atol=1e-13), key

@@ -34,6 +34,7 @@ def monte_carlo_kernels(
     x2: Optional[Tensor] = None,
     *,
     n_samples: int | Sequence[int],
+    batch_size: Optional[int] = None,
     seed: int = 0,
     method: str = "auto",
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
@@ -46,6 +47,9 @@ def monte_carlo_kernels(
         x1: (N1, …) inputs; x2: (N2, …) inputs, or None for x1 (then both kernels are
             symmetric).
         n_samples: S, or an increasing list of counts: the running estimates at each.
+        batch_size: compute each network's kernels in blocks of this many inputs per side
+            (neural-tangents' ``batch_size``: memory of a (batch_size, batch_size) block; for a
+            symmetric kernel the blocks above the diagonal, mirrored); None: all at once.
         seed: the first network's seed.
         method: the empirical-NTK method (``auto``, ``structured``, ``ntvp``, ``jacrev``).
         memory_budget_bytes: the empirical NTK's cap on Jacobian-sized intermediates.
@@ -64,11 +68,11 @@ def monte_carlo_kernels(
     for s in tqdm(range(counts[-1]), desc="Monte-Carlo kernels", disable=not progress, leave=False):
         net = build(seed + s)
         with torch.no_grad():
-            f1 = net(x1).double()
-            f2 = f1 if x2 is None else net(x2).double()
+            f1 = torch.cat([net(x1[b]).double() for b in _blocks(len(x1), batch_size)])
+            f2 = f1 if x2 is None else torch.cat([net(x2[b]).double() for b in _blocks(len(x2), batch_size)])
         stats["nngp"].add(f1 @ f2.T / f1.shape[1])
-        stats["ntk"].add(empirical_ntk(net, x1, x2, method=method, mode="trace",
-                                       memory_budget_bytes=memory_budget_bytes).double())
+        stats["ntk"].add(_blocked_ntk(net, x1, x2, batch_size, method=method, mode="trace",
+                                      memory_budget_bytes=memory_budget_bytes))
         if s + 1 in counts:
             snapshots.append({**{k: w.mean.clone() for k, w in stats.items()},
                               **{f"{k}_se": w.standard_error() for k, w in stats.items()}})
@@ -77,6 +81,32 @@ def monte_carlo_kernels(
     else:
         out = {key: torch.stack([snap[key] for snap in snapshots]) for key in snapshots[0]}
     out["n_samples"] = torch.tensor(counts)
+    return out
+
+
+def _blocks(n: int, size: Optional[int]) -> list[slice]:
+    size = n if not size else max(1, int(size))
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _blocked_ntk(net: nn.Module, x1: Tensor, x2: Optional[Tensor], batch_size: Optional[int],
+                 **options) -> Tensor:
+    """The empirical NTK (N1, N2) float64 from (batch_size, batch_size) blocks; for x2 None the
+    blocks on and above the diagonal, mirrored."""
+    if not batch_size or (len(x1) <= batch_size and (x2 is None or len(x2) <= batch_size)):
+        return empirical_ntk(net, x1, x2, **options).double()
+    symmetric = x2 is None
+    other = x1 if symmetric else x2
+    out = torch.empty(len(x1), len(other), dtype=torch.float64, device=x1.device)
+    rows, cols = _blocks(len(x1), batch_size), _blocks(len(other), batch_size)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            if symmetric and j < i:
+                continue
+            block = empirical_ntk(net, x1[r], None if symmetric and i == j else other[c], **options).double()
+            out[r, c] = block
+            if symmetric and j > i:
+                out[c, r] = block.T
     return out
 
 
