@@ -14,8 +14,11 @@ import ntk_lab
 # (module, names) as the README's library section, docs/architecture.md and the command lines
 # use them.
 PUBLIC = [
-    ("ntk_lab.models", ["MLP", "CNN", "ResMLP", "ScaledOutput", "parameter_layers",
+    ("ntk_lab.models", ["MLP", "CNN", "ResMLP", "Transformer", "ScaledOutput", "parameter_layers",
                         "trainable_layers", "kernel_layers", "build_network", "NetworkSpec"]),
+    ("ntk_lab.models.serial", ["Serial", "Dense", "Conv", "SelfAttention", "Residual", "Relu",
+                               "Nonlinearity", "LayerNorm", "TokenReadout", "GlobalAvgPool",
+                               "Flatten", "PatchTokens"]),
     ("ntk_lab.kernels", ["empirical_ntk", "empirical_ntk_layers", "infinite_width_kernels",
                          "jacobian_change", "METHODS", "monte_carlo_kernels",
                          "nngp_finite_width_corrections"]),
@@ -24,8 +27,9 @@ PUBLIC = [
     ("ntk_lab.training.limit_source", ["LimitSource", "limit_kernels"]),
     ("ntk_lab.analysis.catapult", ["eta_max_table", "phase_fits"]),
     ("ntk_lab.analysis.lr_transfer", ["optima", "transfer_fits", "optimum"]),
-    ("ntk_lab.kernels.network_limit", ["infinite_width_of", "NO_LIMIT_REASON"]),
+    ("ntk_lab.kernels.network_limit", ["infinite_width_of", "limit_unavailable", "NO_LIMIT_REASON"]),
     ("ntk_lab.layers", ["Dense", "Conv", "Nonlinearity", "GlobalAvgPool", "Flatten", "Residual",
+                        "SelfAttention", "LayerNorm", "TokenReadout", "PatchTokens", "NoClosedForm",
                         "KernelState", "PARAMETERIZATIONS", "layer_scales"]),
     ("ntk_lab.layers.activations", ["ACTIVATIONS", "get_activation"]),
     ("ntk_lab.measures.geometry", ["centered_alignment", "spectrum", "effective_rank",
