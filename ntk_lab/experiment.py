@@ -34,7 +34,9 @@ from ntk_lab.models import (
     CustomModuleError, ScaledOutput, build_network, network_inputs, token_layout,
 )
 from ntk_lab.models.custom import check_output_shape, check_sample_independence
-from ntk_lab.training.limit_source import LimitSource, estimate_source_cost, limit_kernels
+from ntk_lab.training.limit_source import (
+    LimitSource, estimate_source_cost, fluctuation_prediction, limit_kernels,
+)
 from ntk_lab.training.lr_units import absolute_learning_rate
 from ntk_lab.training.optimizers import OptimizerSettings, infinite_width_support
 from ntk_lab.records import (
@@ -311,8 +313,14 @@ def run_experiment(
         notes["cost_estimates"] = {name: {"seconds": round(cost.seconds, 3), "pairs": cost.pairs,
                                           "as_text": format_duration(cost.seconds)}
                                    for name, cost in costs.items()}
+    err_pred = None
     if not kernels_on:
         notes["kernels"] = "off (ntk.enabled=false): no empirical NTK, no Θ_∞ and no metric built on them"
+    else:  # how far Θ_0 should be from Θ_∞ at this width (the NTK's 1/n variance)
+        err_pred, why_not = fluctuation_prediction(
+            config.model.spec(), static["probe_x"], static["theta_inf"] / config.model.output_scale**2,
+            data.out_dim, limit_source(config))
+        notes["ntk_err_inf_pred"] = err_pred if err_pred is not None else why_not
     notes.update(geometry_notes(config, plan, model, len(data.x_probe), dtype))
     write_summary(run_dir, _summary(config, STATUS_RUNNING, "", started, **notes))
     logger = logger or NullLogger()
@@ -332,6 +340,7 @@ def run_experiment(
         spectrum_max_probe=config.ntk.spectrum_max_probe,
         lambda_max=config.ntk.lambda_max is True or (
             config.ntk.lambda_max == "auto" and config.train.lr_unit == "crit"),
+        ntk_err_inf_pred=err_pred,
     )
     if not kernels_on:
         settings.record_jac_change = settings.kappa_hessian = False

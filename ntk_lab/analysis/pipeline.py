@@ -15,7 +15,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from ntk_lab.analysis import catapult, lr_transfer
+from ntk_lab.analysis import catapult, fluctuation_check, lr_transfer
 from ntk_lab.analysis.accuracy_plots import plot_accuracy_vs_width
 from ntk_lab.analysis.collect import Sweep, collect_sweep
 from ntk_lab.analysis.depth_plots import plot_kernel_gaps_vs_depth_over_width
@@ -44,6 +44,7 @@ REPORT_FILE = "report.md"
 CATAPULT_FILE = "catapult.csv"
 CATAPULT_FITS_FILE = "catapult_fits.csv"
 TRANSFER_FILE = "lr_transfer.csv"
+FLUCTUATION_FILE = fluctuation_check.FLUCTUATION_FILE
 TRANSFER_FITS_FILE = "lr_transfer_fits.csv"
 HTML_REPORT_FILE = "report.html"
 
@@ -227,6 +228,7 @@ def analyze_sweep(root: Path, out_dir: Path | None = None, *, progress: bool = F
 STUDY_TABLES = (
     (catapult, {CATAPULT_FILE: catapult.eta_max_table, CATAPULT_FITS_FILE: catapult.phase_fits}),
     (lr_transfer, {TRANSFER_FILE: lr_transfer.optima, TRANSFER_FITS_FILE: lr_transfer.transfer_fits}),
+    (fluctuation_check, {FLUCTUATION_FILE: fluctuation_check.prediction_table}),
 )
 
 

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from ntk_lab.kernels.finite_width_ntk import predicted_ntk_error
 from ntk_lab.kernels.monte_carlo import monte_carlo_kernels
 from ntk_lab.kernels.network_limit import LimitCost, estimate_limit_cost, infinite_width_of
 from ntk_lab.models import NetworkSpec, build_network
@@ -113,3 +114,22 @@ def estimate_source_cost(spec: NetworkSpec, x: Tensor, blocks: list[tuple[int, i
     per_input = max((times[b_small] - b_small**2 * per_pair) / (2 * b_small), 0.0)
     seconds = source.samples * sum(per_input * (n1 + n2) + per_pair * n1 * n2 for n1, n2, _ in blocks)
     return LimitCost(pairs, seconds, seconds / pairs)
+
+
+def fluctuation_prediction(spec: NetworkSpec, x: Tensor, theta_inf: Tensor, out_dim: int,
+                           source: LimitSource = LimitSource()) -> tuple[Optional[float], str]:
+    """(``ntk_err_inf_pred``, '') — the predicted root-mean-square ‖Θ_0 − Θ_∞‖_F/‖Θ_∞‖_F at the
+    run's width on the probe inputs x, from the NTK's finite-width variance
+    (:func:`ntk_lab.kernels.finite_width_ntk.predicted_ntk_error`) — or (None, why not)."""
+    if spec.name != "mlp" or spec.parameterization not in ("ntk", "mup"):
+        return None, ("ntk_err_inf_pred: the NTK's finite-width variance is derived for the MLP in "
+                      "the ntk and mup parameterizations only")
+    if source.monte_carlo:
+        return None, "ntk_err_inf_pred: predicted against the closed-form Θ_∞ only"
+    try:
+        value = predicted_ntk_error(x.to(torch.float64).flatten(1), theta_inf, width=spec.width,
+                                    activation=spec.activation, depth=spec.depth,
+                                    w_std=spec.w_std, b_std=spec.b_std, out_dim=out_dim)
+    except ValueError as err:
+        return None, f"ntk_err_inf_pred: {err}"
+    return value, ""

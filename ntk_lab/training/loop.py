@@ -68,6 +68,8 @@ class TrainSettings:
         spectrum_max_probe: the largest probe set whose spectrum is computed at checkpoints.
         lambda_max: record ``lambda_max_train`` = λ_max(Θ_t/N) on the training set and
             ``eta_lambda`` = η·λ_max at every checkpoint (:mod:`ntk_lab.training.lr_units`).
+        ntk_err_inf_pred: the column of that name (the predicted ‖Θ_0 − Θ_∞‖_F/‖Θ_∞‖_F at
+            this width), or None for no column.
     """
 
     steps: int = 200
@@ -91,6 +93,7 @@ class TrainSettings:
     top_k: int = DEFAULT_TOP_K
     spectrum_max_probe: int = DEFAULT_SPECTRUM_MAX_PROBE
     lambda_max: bool = False
+    ntk_err_inf_pred: Optional[float] = None
 
     def optimizer_settings(self) -> OptimizerSettings:
         return self.optimizer or OptimizerSettings("sgd", lr=self.lr)
@@ -278,6 +281,8 @@ class _Checkpointer:
             "kernel_distance": metrics.kernel_distance(theta64, self.theta_0),
             "ntk_err_inf": (metrics.ntk_err_inf(theta64, self.theta_inf)
                             if self.theta_inf is not None else float("nan")),
+            **({"ntk_err_inf_pred": self.settings.ntk_err_inf_pred}
+               if self.settings.ntk_err_inf_pred is not None else {}),
         }
 
     def _lazy_comparison(self, step: int, f_nn: Tensor) -> dict:
