@@ -19,8 +19,8 @@ HANIN_NICA_RATE = 5.0  # E[Θ²]/E[Θ]² ≃ exp(5β) for ReLU (Hanin & Nica 201
 
 
 def plot_moment_ratio_vs_beta(table: pd.DataFrame, fits: pd.DataFrame, path: Path) -> bool:
-    """Left: moment ratio vs β per width (log y, 95 % bootstrap bars), the fitted
-    exp(a + cβ) and Hanin & Nica's exp(5β). Right: mean Θ(x,x) over seeds / Θ_∞(x,x) vs β.
+    """Left: moment ratio vs β per width (log y, 95 % bootstrap bars), the 1/n recursion's
+    prediction 1 + V_Θ/(nΘ_∞²) (×), the fitted exp(a + cβ) and Hanin & Nica's exp(5β). Right: mean Θ(x,x) over seeds / Θ_∞(x,x) vs β.
 
     Args:
         table: fluctuations.csv (``width, depth, beta, moment_ratio, ci_low, ci_high,
@@ -42,6 +42,9 @@ def plot_moment_ratio_vs_beta(table: pd.DataFrame, fits: pd.DataFrame, path: Pat
                            rows["ci_high"].to_numpy(float) - ratio])
         ax.errorbar(beta, ratio, yerr=errors, color=color, marker="o", markersize=4,
                     capsize=2, label=f"width {width}")
+        if "predicted_ratio" in rows and np.isfinite(rows["predicted_ratio"]).any():
+            ax.plot(beta, rows["predicted_ratio"].to_numpy(float), color=color, linestyle="none",
+                    marker="x", markersize=6, label=f"1/n theory, width {width}")
         theta_inf = rows["theta_inf"].to_numpy(float)
         ax_mean.errorbar(beta, rows["mean_theta"].to_numpy(float) / theta_inf,
                          yerr=2 * rows["mean_theta_se"].to_numpy(float) / theta_inf, color=color,

@@ -34,13 +34,14 @@ from torch import Tensor
 
 from ntk_lab.models import MLP
 from ntk_lab.kernels.analytic import infinite_width_kernels
+from ntk_lab.kernels.finite_width_ntk import ntk_finite_width_variance
 from ntk_lab.analysis.fluctuation_plots import plot_moment_ratio_vs_beta
 from ntk_lab.records import atomic_write_text
 from ntk_lab.analysis.markdown import frame_table
 
 # Columns of fluctuations.csv (the issue's contract) and the extra ones that follow them.
 TABLE_COLUMNS = ("width", "depth", "beta", "n_seeds", "moment_ratio", "ci_low", "ci_high")
-EXTRA_COLUMNS = ("mean_theta", "mean_theta_se", "theta_inf")
+EXTRA_COLUMNS = ("mean_theta", "mean_theta_se", "theta_inf", "predicted_ratio")
 FIT_COLUMNS = ("scope", "rate", "intercept", "ci_low", "ci_high", "n_points", "beta_max",
                "ci_method")
 
@@ -240,14 +241,27 @@ def measure_grid(
             _, theta_inf = infinite_width_kernels(
                 x[None], activation=activation, depth=depth, w_std=w_std, b_std=b_std,
                 parameterization=parameterization, width=width)
+            predicted = _predicted_ratio(x, activation, depth, width, w_std, b_std, parameterization)
             rows.append({"width": width, "depth": depth, "beta": depth / width,
                          "n_seeds": n_seeds, "moment_ratio": moment_ratio(samples),
                          "ci_low": low, "ci_high": high, "mean_theta": float(samples.mean()),
                          "mean_theta_se": float(samples.std(ddof=1) / math.sqrt(n_seeds)),
-                         "theta_inf": float(theta_inf[0, 0])})
+                         "theta_inf": float(theta_inf[0, 0]), "predicted_ratio": predicted})
             replicates.append(boot)
     table = pd.DataFrame(rows, columns=[*TABLE_COLUMNS, *EXTRA_COLUMNS])
     return FluctuationResult(table, np.stack(replicates) if replicates else np.empty((0, 0)))
+
+
+def _predicted_ratio(x: Tensor, activation: str, depth: int, width: int, w_std: float,
+                     b_std: float, parameterization: str) -> float:
+    """E[Θ²]/E[Θ]² ≈ 1 + V_Θ(x, x)/(n·Θ_∞(x, x)²) from the NTK's 1/n variance
+    (:mod:`ntk_lab.kernels.finite_width_ntk`): the recursion's value at small β, where Hanin &
+    Nica's exp(cβ) is 1 + cβ; NaN outside the ntk / mup parameterizations."""
+    if parameterization not in ("ntk", "mup"):
+        return math.nan
+    pred = ntk_finite_width_variance(x[None].cpu(), activation=activation, depth=depth,
+                                     w_std=w_std, b_std=b_std)
+    return 1.0 + float(pred["ntk_variance"][0, 0]) / (width * float(pred["ntk"][0, 0]) ** 2)
 
 
 def _line(beta: np.ndarray, log_ratio: np.ndarray) -> tuple[float, float]:
