@@ -179,3 +179,21 @@ def test_runs_carry_the_predicted_distance(tmp_path):
     summary = json.loads((tmp_path / "cnn" / "summary.json").read_text())
     assert "derived for the MLP" in summary["ntk_err_inf_pred"]
     assert "ntk_err_inf_pred" not in pd.read_csv(tmp_path / "cnn" / "metrics.csv")
+
+
+def test_the_prediction_is_skipped_with_a_reason_for_large_probe_sets_and_other_networks():
+    from ntk_lab.models import NetworkSpec
+    from ntk_lab.training.limit_source import MAX_PREDICTION_PROBE, LimitSource, fluctuation_prediction
+    spec = NetworkSpec("mlp", 64, 2, activation="relu")
+    x = torch.randn(MAX_PREDICTION_PROBE + 1, 3, dtype=F64)
+    value, why = fluctuation_prediction(spec, x, torch.eye(len(x), dtype=F64), 1)
+    assert value is None and f"data.n_probe <= {MAX_PREDICTION_PROBE}" in why
+    value, why = fluctuation_prediction(spec, x[:4], torch.eye(4, dtype=F64), 1, LimitSource(monte_carlo=True))
+    assert value is None and "closed-form" in why
+    value, why = fluctuation_prediction(NetworkSpec("mlp", 64, 2, parameterization="standard"), x[:4],
+                                        torch.eye(4, dtype=F64), 1)
+    assert value is None and "ntk and mup" in why
+    theta_inf = infinite_width_kernels(x[:4], activation="relu", depth=2)[1]
+    value, why = fluctuation_prediction(spec, x[:4], theta_inf, 1)
+    assert why == "" and value == pytest.approx(
+        predicted_ntk_error(x[:4], theta_inf, width=64, activation="relu", depth=2, w_std=1.0, b_std=0.0))

@@ -116,6 +116,12 @@ def estimate_source_cost(spec: NetworkSpec, x: Tensor, blocks: list[tuple[int, i
     return LimitCost(pairs, seconds, seconds / pairs)
 
 
+MAX_PREDICTION_PROBE = 128
+"""The largest probe set whose ntk_err_inf_pred a run computes: V_Θ takes 2-D Gaussian moments
+per pair and layer (exact polar integrals for relu, a 100² Gauss–Hermite grid otherwise: ~5 s
+for 128 points at depth 3 with erf; a 4096-point probe set would take hours and gigabytes)."""
+
+
 def fluctuation_prediction(spec: NetworkSpec, x: Tensor, theta_inf: Tensor, out_dim: int,
                            source: LimitSource = LimitSource()) -> tuple[Optional[float], str]:
     """(``ntk_err_inf_pred``, '') — the predicted root-mean-square ‖Θ_0 − Θ_∞‖_F/‖Θ_∞‖_F at the
@@ -126,6 +132,9 @@ def fluctuation_prediction(spec: NetworkSpec, x: Tensor, theta_inf: Tensor, out_
                       "the ntk and mup parameterizations only")
     if source.monte_carlo:
         return None, "ntk_err_inf_pred: predicted against the closed-form Θ_∞ only"
+    if len(x) > MAX_PREDICTION_PROBE:
+        return None, (f"ntk_err_inf_pred: not computed for a probe set of {len(x)} points (its pairs' "
+                      f"Gaussian moments would cost minutes); it is for data.n_probe <= {MAX_PREDICTION_PROBE}")
     try:
         value = predicted_ntk_error(x.to(torch.float64).flatten(1), theta_inf, width=spec.width,
                                     activation=spec.activation, depth=spec.depth,
