@@ -183,9 +183,7 @@ def fourth_moment_covariance(act: str | Activation, k: Tensor, *,
     out = []
     for start in range(0, k.shape[0], _PAIR_CHUNK):
         k11, k12, k22 = k[start:start + _PAIR_CHUNK].unbind(1)
-        prod = k11 * k22
-        rho = torch.where(prod > 0, k12 / torch.sqrt(torch.where(prod > 0, prod, torch.ones_like(prod))),
-                          torch.zeros_like(prod)).clamp(-1.0, 1.0)
+        rho = _correlation(k11, k12, k22)
         z1, z2 = z[:, None], z[None, :]  # grid (M, M)
         u = torch.sqrt(k11.clamp_min(0.0))[:, None, None] * z1
         v = torch.sqrt(k22.clamp_min(0.0))[:, None, None] * (rho[:, None, None] * z1
@@ -198,6 +196,28 @@ def fourth_moment_covariance(act: str | Activation, k: Tensor, *,
         c = g - mu[..., None, None]
         out.append(torch.einsum("pamn,pbmn,mn->pab", c, c, ww))
     return torch.cat(out)
+
+
+def _correlation(k11: Tensor, k12: Tensor, k22: Tensor) -> Tensor:
+    """ρ = k12/√(k11 k22), clamped to [−1, 1]; 0 where a variance is 0."""
+    prod = k11 * k22
+    return torch.where(prod > 0, k12 / torch.sqrt(torch.where(prod > 0, prod, torch.ones_like(prod))),
+                       torch.zeros_like(prod)).clamp(-1.0, 1.0)
+
+
+def _relu_polar_grid(k: Tensor):
+    """The polar-coordinate rule of relu's joint moments for states k (P, 3): with
+    θ = arccos ρ, the Gauss–Legendre nodes α of [θ − π/2, π/2] (where both cosines are
+    positive), returns (cos α, cos(α − θ), the rule's weights times its half-length (P, Q)·(Q,)
+    folded as ``weights`` (P, Q)), so that ∫ g(α) dα ≈ Σ_q weights[p, q] g(α_q)."""
+    x, wl = np.polynomial.legendre.leggauss(RELU_ANGLE_NODES)
+    x, wl = torch.tensor(x, dtype=torch.float64), torch.tensor(wl, dtype=torch.float64)
+    k11, k12, k22 = k.unbind(1)
+    theta = torch.arccos(_correlation(k11, k12, k22))
+    half = 0.5 * (math.pi - theta)  # the range's half-length, (π − θ)/2 ≥ 0
+    alpha = (theta - 0.5 * math.pi + half)[:, None] + half[:, None] * x  # (P, Q)
+    cu, cv = torch.cos(alpha).clamp_min(0.0), torch.cos(alpha - theta[:, None]).clamp_min(0.0)
+    return cu, cv, half[:, None] * wl
 
 
 def _relu_fourth_moment_covariance(k: Tensor) -> Tensor:
@@ -213,17 +233,8 @@ def _relu_fourth_moment_covariance(k: Tensor) -> Tensor:
     integrand is an entire function of α, so ``RELU_ANGLE_NODES``-point Gauss–Legendre is exact
     to rounding; no kink is left inside the range, unlike the Gauss–Hermite grid.
     """
-    x, wl = np.polynomial.legendre.leggauss(RELU_ANGLE_NODES)
-    x, wl = torch.tensor(x, dtype=torch.float64), torch.tensor(wl, dtype=torch.float64)
-    k11, k12, k22 = k.unbind(1)
-    prod = k11 * k22
-    rho = torch.where(prod > 0, k12 / torch.sqrt(torch.where(prod > 0, prod, torch.ones_like(prod))),
-                      torch.zeros_like(prod)).clamp(-1.0, 1.0)
-    theta = torch.arccos(rho)
-    lo, hi = theta - 0.5 * math.pi, torch.full_like(theta, 0.5 * math.pi)
-    half = 0.5 * (hi - lo)  # = (π − θ)/2 ≥ 0
-    alpha = (lo + half)[:, None] + half[:, None] * x  # (P, Q)
-    cu, cv = torch.cos(alpha).clamp_min(0.0), torch.cos(alpha - theta[:, None]).clamp_min(0.0)
+    k11, _, k22 = k.unbind(1)
+    cu, cv, weights = _relu_polar_grid(k)
     r1, r2 = torch.sqrt(k11.clamp_min(0.0)), torch.sqrt(k22.clamp_min(0.0))
 
     def moment(a: int, b: int) -> Tensor:
@@ -231,7 +242,7 @@ def _relu_fourth_moment_covariance(k: Tensor) -> Tensor:
             q, p = (k22, b // 2) if a == 0 else (k11, a // 2)
             return 0.5 * q if p == 1 else 1.5 * q * q
         radial = {2: 2.0, 4: 8.0}[a + b]
-        angular = ((cu ** a) * (cv ** b)) @ wl * half / (2.0 * math.pi)
+        angular = ((cu ** a) * (cv ** b) * weights).sum(1) / (2.0 * math.pi)
         return r1 ** a * r2 ** b * radial * angular
 
     powers = [(2, 0), (1, 1), (0, 2)]

@@ -52,7 +52,8 @@ import torch
 from torch import Tensor
 
 from ntk_lab.kernels.finite_width import (
-    RELU_ANGLE_NODES, _hermite_rule, _jacobian_hessian, _PAIR_CHUNK, nngp_finite_width_corrections,
+    _correlation, _hermite_rule, _jacobian_hessian, _PAIR_CHUNK, _relu_polar_grid,
+    nngp_finite_width_corrections,
 )
 from ntk_lab.layers.activations import Activation, get_activation
 from ntk_lab.layers.gaussian import gaussian_expectations, gaussian_moments
@@ -93,9 +94,7 @@ def _unit_moments(act: Activation, k: Tensor, w2: float, b2: float):
             b22 = b11
         else:
             k11, k12, k22 = kk.unbind(1)
-            prod = k11 * k22
-            rho = torch.where(prod > 0, k12 / torch.sqrt(torch.where(prod > 0, prod, torch.ones_like(prod))),
-                              torch.zeros_like(prod)).clamp(-1.0, 1.0)
+            rho = _correlation(k11, k12, k22)
             z1, z2 = z[:, None], z[None, :]
             u = (torch.sqrt(k11.clamp_min(0.0))[:, None, None] * z1).expand(-1, len(z), len(z))
             v = torch.sqrt(k22.clamp_min(0.0))[:, None, None] * (
@@ -131,21 +130,13 @@ def _relu_unit_moments(k: Tensor, w2: float, b2: float):
         cov[:, 0, 1] = cov[:, 1, 0] = w2 * (m_phi2 - m_phi2 * m_ind)  # E[φ² 1] = E[φ²]
         cov[:, 1, 1] = m_ind - m_ind ** 2
         return mean, cov, m_ind, m_ind, m_ind
-    x, wl = np.polynomial.legendre.leggauss(RELU_ANGLE_NODES)
-    x, wl = torch.tensor(x, dtype=torch.float64), torch.tensor(wl, dtype=torch.float64)
-    k11, k12, k22 = k.unbind(1)
-    prod = k11 * k22
-    rho = torch.where(prod > 0, k12 / torch.sqrt(torch.where(prod > 0, prod, torch.ones_like(prod))),
-                      torch.zeros_like(prod)).clamp(-1.0, 1.0)
-    theta = torch.arccos(rho)
-    half = 0.5 * (math.pi - theta)
-    alpha = (theta - 0.5 * math.pi + half)[:, None] + half[:, None] * x
-    cu, cv = torch.cos(alpha).clamp_min(0.0), torch.cos(alpha - theta[:, None]).clamp_min(0.0)
+    k11, _, k22 = k.unbind(1)
+    cu, cv, weights = _relu_polar_grid(k)
     r1, r2 = torch.sqrt(k11.clamp_min(0.0)), torch.sqrt(k22.clamp_min(0.0))
     radial = {0: 1.0, 2: 2.0, 4: 8.0}
 
     def both(a: int, b: int) -> Tensor:  # E[relu(u)^a relu(v)^b 1(u>0)1(v>0)]
-        return r1 ** a * r2 ** b * radial[a + b] * (((cu ** a) * (cv ** b)) @ wl) * half / (2.0 * math.pi)
+        return r1 ** a * r2 ** b * radial[a + b] * ((cu ** a) * (cv ** b) * weights).sum(1) / (2.0 * math.pi)
 
     def one(q: Tensor, a: int) -> Tensor:  # E[relu(u)^a 1(u>0)], u ~ N(0, q)
         return {0: torch.full_like(q, 0.5), 2: 0.5 * q, 4: 1.5 * q * q}[a]
