@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ntk_lab.layers.factors import AffineFactors, register_factors
-from ntk_lab.layers.scales import KernelCoefficients, LayerScales
+from ntk_lab.layers.scales import KernelCoefficients, LayerScales, kernel_coefficients, layer_scales
 from ntk_lab.layers.state import KernelState
 
 
@@ -83,6 +83,14 @@ class Dense(nn.Module):
         s = self.scales
         return (f"{self.in_features} -> {self.out_features}, W_mult={s.weight_multiplier:.4g}, "
                 f"b_mult={s.bias_multiplier:.4g}")
+
+
+def scaled_dense(fan_in: int, units: int, kind: str, *, parameterization: str, width: int,
+                 w_std: float, b_std: float) -> Dense:
+    """A Dense layer of role ``kind`` (input / hidden / output) with its parameterization's
+    scales and kernel coefficients, as every built-in network builds its dense layers."""
+    return Dense(fan_in, units, layer_scales(parameterization, kind, fan_in, width, w_std, b_std),
+                 kernel_coefficients(parameterization, fan_in, w_std, b_std))
 
 
 def _require_coefficients(layer: nn.Module) -> KernelCoefficients:

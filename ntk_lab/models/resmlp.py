@@ -9,13 +9,15 @@ Identity()), FanInSum())] * depth, φ, Dense(out_dim))``.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from ntk_lab.layers.activations import Activation
-from ntk_lab.layers import Dense, Nonlinearity, Residual, kernel_coefficients, layer_scales
+from ntk_lab.layers import Dense, Nonlinearity, Residual
+from ntk_lab.layers.dense import scaled_dense
 
 
 class ResMLP(nn.Module):
@@ -60,9 +62,8 @@ class ResMLP(nn.Module):
         phi = Nonlinearity(activation)
         self.activation = phi.activation
 
-        def dense(fan_in: int, units: int, kind: str) -> Dense:
-            return Dense(fan_in, units, layer_scales(parameterization, kind, fan_in, width, w_std, b_std),
-                         kernel_coefficients(parameterization, fan_in, w_std, b_std))
+        dense = functools.partial(scaled_dense, parameterization=parameterization, width=width,
+                                  w_std=w_std, b_std=b_std)
 
         self.layers = nn.Sequential(
             dense(in_dim, width, "input"),

@@ -19,12 +19,14 @@ scaled by 1/n_k (μP's attention rule, Yang et al. 2022).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from ntk_lab.layers import Dense, Nonlinearity, Residual, kernel_coefficients, layer_scales
+from ntk_lab.layers import Dense, Nonlinearity, Residual
+from ntk_lab.layers.dense import scaled_dense
 from ntk_lab.layers.activations import Activation
 from ntk_lab.layers.attention import SelfAttention, check_attention_settings
 from ntk_lab.layers.layer_norm import LayerNorm
@@ -77,9 +79,8 @@ class Transformer(nn.Module):
         phi = Nonlinearity(activation)
         self.activation = phi.activation
 
-        def dense(fan_in: int, units: int, kind: str) -> Dense:
-            return Dense(fan_in, units, layer_scales(parameterization, kind, fan_in, width, w_std, b_std),
-                         kernel_coefficients(parameterization, fan_in, w_std, b_std))
+        dense = functools.partial(scaled_dense, parameterization=parameterization, width=width,
+                                  w_std=w_std, b_std=b_std)
 
         norm = (lambda: [LayerNorm(width)]) if layer_norm else (lambda: [])  # noqa: E731
         layers: list[nn.Module] = [PatchTokens(patch_size)] if patch_size else []
