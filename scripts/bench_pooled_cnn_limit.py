@@ -11,23 +11,23 @@ Target: CNN rate ≥ 0.5 × dual rate. The images are real Fashion-MNIST test im
 files are found (Debian's ``dataset-fashion-mnist``, or data.root's default cache), else
 uniform noise of the same shape (the arithmetic is the same).
 
-Measured on this project's 2-core CPU on a quiet machine (load 0.2), the code before and after
-the fewer-pass rewrite (ReLU dual with two allocations and eight in-place passes, scales and
-shifts folded into the stencil's own passes, the first layer's zero Θ skipped), one process each:
+Both paths are timed in one process: the eager maps (separate torch operations, ~20 memory
+passes over each (P, P) tensor per layer) and the compiled ones (``ntk_lab.layers.fused_pairs``:
+``torch.compile`` fuses each stencil axis and the ReLU dual into single loops), after a
+one-time compile that is printed on its own. History on this project's 2-core CPU (quiet
+machine, one process per row):
 
 | code | dual rate | 16 images | 64 images |
 | --- | --- | --- | --- |
-| before | 109 M/s | 3.4 s (74 M/s per layer) | 50.6 s (76 M/s) = 0.69 × its own dual rate |
-| after | 259 M/s | 2.8 s (89 M/s) | 37.6 s (102 M/s) = 0.39 × the new dual rate |
+| first eager maps | 109 M/s | 3.4 s (74 M/s per layer) | 50.6 s (76 M/s) |
+| fewer-pass eager maps | 259 M/s | 2.8 s (89 M/s) | 37.6 s (102 M/s) = 0.39 × |
+| compiled maps (eager in the same process) | 263 M/s | 1.7 s (150 M/s; eager 2.7 s) | 24.1 s (159 M/s) = 0.61 × (eager 39.4 s = 0.37 ×); compile 6.9 s once |
 
-So the whole computation is 1.35× faster at 64 images, while the dual alone is 2.4× faster; the
-ratio against the (faster) dual fell. Against the ~280 M/s of the target's wording, before 0.27,
-after 0.36: the target (≥ 0.5, ~30 s for 64 images) is not met. Each layer still makes about
-20 memory passes over its (P, P) pair tensors (a copy and four shifted adds per stencil and
-tensor, the dual's ten), each at memory bandwidth (~0.2 ms per 614,656 float64s here), where a
-fused kernel would make two. Timings on a loaded machine vary 5–10× (the same 64 images took
-42.6 s and 379 s in this session). neural-tangents 0.6.5 with ``nt.batch(batch_size=8)`` took 19.3 s
-and 3.3 GB for 16 images.
+The compiled maps meet the target (≥ 0.5 × the dual rate; 0.57 × against the ~280 M/s of the
+target's wording); counting the one-time compile too, 64 images take 31 s. They agree with the
+eager maps to ~1e-12 (tests/test_fused_pairs.py). Timings on a loaded machine vary 5–10× (the
+same 64 eager images took 42.6 s and 379 s in one session). neural-tangents 0.6.5 with
+``nt.batch(batch_size=8)`` took 19.3 s and 3.3 GB for 16 images.
 
     python scripts/bench_pooled_cnn_limit.py [N ...] [--device cuda]     # default: 16 64, cpu
 
@@ -42,10 +42,13 @@ import time
 
 import torch
 
+from ntk_lab.kernels.composed import composed_kernels
 from ntk_lab.kernels.network_limit import infinite_width_of
+from ntk_lab.layers import fused_pairs
 from ntk_lab.layers.activations import get_activation
 from ntk_lab.layers.gaussian import gaussian_expectations
-from ntk_lab.models import NetworkSpec
+from ntk_lab.models import NetworkSpec, build_network
+from ntk_lab.models.layer_groups import kernel_layers
 
 DEPTH = 3
 DUAL_TILE = (16, 16, 16, 16)  # 65,536 float64 pairs = 512 KiB: cache-sized
@@ -92,14 +95,21 @@ def dual_rate(device: torch.device, repeats: int = 40) -> float:
 SPEC = NetworkSpec("cnn", 64, DEPTH)  # width is irrelevant to Θ_∞
 
 
-def cnn_rate(n: int, device: torch.device) -> tuple[float, float, str]:
+def kernel_maps(x: torch.Tensor, fused: bool):
+    """The CNN's Θ_∞ on x by its composed kernel maps, eager or compiled (what
+    ``infinite_width_of`` runs; there the choice is automatic, by the amount of work)."""
+    net = build_network(SPEC, tuple(x.shape[1:]), 1, seed=None, dtype=torch.float64,
+                        device=torch.device("meta"))
+    return composed_kernels(kernel_layers(net), x, fused=fused)
+
+
+def cnn_rate(n: int, device: torch.device, fused: bool) -> tuple[float, float, str]:
     """(seconds, updates per second per layer, what the images were) for n images."""
     x, source = images(n)
     x = x.to(device)
-    infinite_width_of(SPEC, x[:1])  # warm-up
     synchronize(device)
     started = time.perf_counter()
-    infinite_width_of(SPEC, x)
+    kernel_maps(x, fused)
     synchronize(device)
     seconds = time.perf_counter() - started
     positions = x.shape[2] * x.shape[3]
@@ -122,11 +132,21 @@ def main() -> None:
         on_cpu = infinite_width_of(SPEC, x)[1]
         error = ((on_device - on_cpu).norm() / on_cpu.norm()).item()
         print(f"Θ_∞ on {device} against the CPU, 4 images: relative Frobenius error {error:.1e}")
+    x, _ = images(1)
+    kernel_maps(x.to(device), False)  # warm-up
+    compiled = device.type == "cpu"
+    if compiled:
+        started = time.perf_counter()
+        kernel_maps(x, True)  # compiles the fused maps: once per process (and shape)
+        print(f"compiling the fused maps (once per process): {time.perf_counter() - started:.1f} s"
+              f"{' — unavailable here: eager maps used' if not fused_pairs.available() else ''}")
     for n in args.sizes:
-        seconds, rate, source = cnn_rate(n, device)
-        print(f"GAP CNN depth {DEPTH}, {n} images 1×28×28 ({source}): {seconds:.1f} s, "
-              f"{rate / 1e6:.0f} million pair-position updates per second per layer, "
-              f"{rate / dual:.2f} × the dual rate (target ≥ 0.5)")
+        for fused in ((False, True) if compiled else (False,)):
+            seconds, rate, source = cnn_rate(n, device, fused)
+            print(f"GAP CNN depth {DEPTH}, {n} images 1×28×28 ({source}), "
+                  f"{'compiled' if fused else 'eager'} maps: {seconds:.1f} s, "
+                  f"{rate / 1e6:.0f} million pair-position updates per second per layer, "
+                  f"{rate / dual:.2f} × the dual rate (target ≥ 0.5)")
 
 
 if __name__ == "__main__":

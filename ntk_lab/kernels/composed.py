@@ -32,6 +32,11 @@ DEFAULT_TILE_BYTES = 1 << 20
 dual's, the stencil's copies) then stay near the cache: measured on a 2-core EPYC (1 MiB L2
 per core, 32 MiB shared L3), the stencil runs at ~4 ns per element on 2 MiB tiles and ~19 ns
 on 32 MiB tiles; 16×16 GAP images (0.5 MiB per input pair) ran within 20% for 1–8 MiB tiles."""
+FUSE_MIN_UPDATES = 2.5e9
+"""Pair-position maps (input pairs × position pairs × layer maps) from which a full-state
+computation on a CPU uses the compiled maps of :mod:`ntk_lab.layers.fused_pairs`: about 11 s of
+eager work (a 28×28 depth-3 pooled CNN, eight layer maps, ran 2.6e9 of them in 11.5 s here,
+32 images), against a compile of 3–8 s once per process, after which it runs ~1.6× faster."""
 _LIVE_TEMPORARIES = 16
 """Pair-sized tensors alive at once inside a layer map (NNGP, NTK, their stencil copies and
 the dual's intermediates), for the memory budget."""
@@ -45,6 +50,7 @@ def composed_kernels(
     memory_budget_bytes: Optional[int] = None,
     tile_bytes: int = DEFAULT_TILE_BYTES,
     progress: bool = False,
+    fused: Optional[bool] = None,
 ) -> Tuple[Tensor, Tensor]:
     """(NNGP, NTK) of the network whose kernel layers are ``layers``, float64 (N1, N2).
 
@@ -56,6 +62,8 @@ def composed_kernels(
             ``tile_bytes``).
         tile_bytes: target bytes of one pair tensor of a tile.
         progress: a tqdm bar over the tiles (for computations of more than a few seconds).
+        fused: use the compiled full-state maps (:mod:`ntk_lab.layers.fused_pairs`; CPU only);
+            None: when the work is at least ``FUSE_MIN_UPDATES`` pair-position updates.
 
     Returns:
         (nngp, ntk): float64 (N1, N2) on x1's device.
@@ -81,10 +89,16 @@ def composed_kernels(
     nngp = torch.empty(n1, n2, dtype=torch.float64, device=x1.device)
     ntk = torch.empty_like(nngp)
     tiles = list(_tiles(n1, n2, symmetric, side))
+    if fused is None:
+        pairs = sum((r.stop - r.start) * (c.stop - c.start) for r, c, _ in tiles)
+        fused = bool(full and not tokens and x1.device.type == "cpu"
+                     and pairs * positions ** 2 * len(layers) >= FUSE_MIN_UPDATES)
     for rows, cols, on_diagonal in tqdm(tiles, desc="Θ_∞ tiles", disable=not progress, leave=False,
                                         dynamic_ncols=True):
         state = (KernelState.from_tokens(x1[rows], x2[cols]) if tokens
                  else KernelState.from_inputs(x1[rows], x2[cols], full))
+        if fused:
+            state = state.replace(fused=True)
         for layer in layers:
             state = layer.kernel_map(state)
         if not state.is_vector:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ntk_lab.layers.dense import _require_coefficients
+from ntk_lab.layers import fused_pairs
 from ntk_lab.layers.factors import AffineFactors, register_factors
 from ntk_lab.layers.patches import ConvPatches
 from ntk_lab.layers.scales import KernelCoefficients, LayerScales
@@ -108,7 +109,13 @@ class Conv(nn.Module):
         scale = 1.0 / k ** self.spatial_dims  # A = scale · stencil sum, folded into the coefficients
         # Σ_out = v_w·A(Σ) + v_b. Θ_out = v_w·A(Θ) + g_w·A(Σ) + g_b, and g_w·A(Σ) is
         # (g_w/v_w)·(Σ_out − v_b): one stencil per tensor, the scales folded into its first pass.
-        if c.v_w != 0.0:
+        fused = None
+        if state.fused and state.full and not circular and state.nngp.device.type == "cpu":
+            fused = fused_pairs.conv_pair_map(state.nngp, None if state.zero_ntk else state.ntk,
+                                              state.spatial, k, c.v_w * scale, c.v_b, c.g_w * scale, c.g_b)
+        if fused is not None:
+            nngp, ntk = fused
+        elif c.v_w != 0.0:
             raw = stencil_sum(state.nngp, axes, k, circular, c.v_w * scale)   # v_w·A(Σ)
             if state.zero_ntk:  # the first layer: A(Θ) = 0
                 ntk = torch.mul(raw, c.g_w / c.v_w).add_(c.g_b)

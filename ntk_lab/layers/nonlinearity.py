@@ -14,6 +14,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from ntk_lab.layers import fused_pairs
 from ntk_lab.layers.activations import Activation, get_activation
 from ntk_lab.layers.gaussian import gaussian_expectations, gaussian_moments
 from ntk_lab.layers.state import KernelState
@@ -38,9 +39,16 @@ class Nonlinearity(nn.Module):
 
     def kernel_map(self, state: KernelState) -> KernelState:
         q1, q2 = state.broadcast_vars()
-        e_phi, e_dphi = gaussian_expectations(self.activation, q1, state.nngp, q2,
-                                              degree=self.quadrature_degree)
-        return state.replace(nngp=e_phi, ntk=e_dphi.mul_(state.ntk),
+        fused = None
+        if state.fused and state.full and self.activation.name == "relu" and state.nngp.device.type == "cpu":
+            fused = fused_pairs.relu_pair_map(q1, state.nngp, q2, state.ntk)
+        if fused is not None:
+            e_phi, ntk = fused
+        else:
+            e_phi, e_dphi = gaussian_expectations(self.activation, q1, state.nngp, q2,
+                                                  degree=self.quadrature_degree)
+            ntk = e_dphi.mul_(state.ntk)
+        return state.replace(nngp=e_phi, ntk=ntk,
                              var1=gaussian_moments(self.activation, state.var1)[0],
                              var2=gaussian_moments(self.activation, state.var2)[0],
                              **state.map_self_covariances(self._self_map))

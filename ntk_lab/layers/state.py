@@ -49,6 +49,8 @@ class KernelState:
             of positions; carried for token sequences (None otherwise).
         channels_last: the representation is (n, *S, C), a token sequence: a dense layer
             then acts on every token alike.
+        fused: layers may use their compiled maps of the full state
+            (:mod:`ntk_lab.layers.fused_pairs`), set for long computations on a CPU.
     """
 
     nngp: Tensor
@@ -61,6 +63,7 @@ class KernelState:
     cov1: Optional[Tensor] = None
     cov2: Optional[Tensor] = None
     channels_last: bool = False
+    fused: bool = False
 
     def replace(self, **changes) -> "KernelState":
         if "ntk" in changes:
@@ -126,12 +129,13 @@ class KernelState:
         channels, spatial = x1.shape[1], tuple(x1.shape[2:])
         a = x1.reshape(x1.shape[0], channels, -1)
         b = x2.reshape(x2.shape[0], channels, -1)
-        if full:
-            nngp = torch.einsum("icp,jcq->ijpq", a, b).reshape(len(a), len(b), *spatial, *spatial)
-        else:
-            nngp = torch.einsum("icp,jcp->ijp", a, b).reshape(len(a), len(b), *spatial)
         var1 = (a * a).sum(1).reshape(len(a), *spatial) / channels
         var2 = (b * b).sum(1).reshape(len(b), *spatial) / channels
+        if full:  # (P, P) per pair: the 1/C on the small factor, and Θ⁰ = 0 as a broadcast view
+            nngp = torch.einsum("icp,jcq->ijpq", a / channels, b).reshape(len(a), len(b), *spatial, *spatial)
+            return KernelState(nngp, nngp.new_zeros(()).expand(nngp.shape), var1, var2, spatial, full,
+                               zero_ntk=True)
+        nngp = torch.einsum("icp,jcp->ijp", a, b).reshape(len(a), len(b), *spatial)
         return KernelState(nngp / channels, torch.zeros_like(nngp), var1, var2, spatial, full, zero_ntk=True)
 
 
