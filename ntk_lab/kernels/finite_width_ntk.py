@@ -69,7 +69,7 @@ the Stein term is 2Ĝ dḂ/dk. Every coefficient is checked against brute-force 
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -83,8 +83,15 @@ from ntk_lab.layers.activations import Activation, get_activation
 from ntk_lab.models import MLP
 
 # --------------------------------------------------------------------------- the recursion
-def _propagate_ntk(act: Activation, k: Tensor, depth: int, w2: float, b2: float, out_dim: int):
-    """(Θ_∞, V_Θ, Θ^(1)) per state after ``depth`` hidden layers; k = Σ¹ as (P, 3) or (P, 1)."""
+def _propagate_ntk(act: Activation, k: Tensor, depth: int, w2: float, b2: float, out_dim: int,
+                   gains: Tuple[float, float, float] = (1.0, 1.0, -1.0)):
+    """(Θ_∞, V_Θ, Θ^(1)) per state after ``depth`` hidden layers; k = Σ¹ as (P, 3) or (P, 1).
+
+    ``gains`` = (λ_1, λ, g_b): a layer's own parameters add λ·(Σ̂_12 − σ_b²) + g_b to T̂ (λ_1
+    for the first layer); ``ntk``: (1, 1, σ_b²) (g_b < 0 means σ_b²), ``standard``:
+    (d/σ_w², n/σ_w², 1), the squared multipliers times fan_in over σ_w²."""
+    first_gain, gain, bias_gain = gains
+    bias_gain = b2 if bias_gain < 0 else bias_gain
     p, dim = k.shape
     two_d = dim == 3
     cross = 1 if two_d else 0  # the state's (x, x') entry
@@ -94,7 +101,7 @@ def _propagate_ntk(act: Activation, k: Tensor, depth: int, w2: float, b2: float,
     s_swap = k.new_zeros(p)
     mu_k, mu_t = k.new_zeros(p, dim), k.new_zeros(p)  # n·E[δΣ^l], n·E[δT^l]
     g = k.new_zeros(p, 2 if two_d else 1, 2 if two_d else 1)  # n·E[Ĝ^{l−1}]; Ĝ⁰ = 0
-    t = k[:, cross]  # T¹ = Σ¹ (the first layer's NTK under ntk)
+    t = first_gain * (k[:, cross] - b2) + bias_gain  # T¹ (Σ¹ under ntk)
     for layer in range(depth):
         f, jac, hess = _jacobian_hessian(act, k, w2, b2)
         mean, cov_g, e4, b11, b22 = unit_moments(act, k, w2, b2)
@@ -112,14 +119,14 @@ def _propagate_ntk(act: Activation, k: Tensor, depth: int, w2: float, b2: float,
                   + 0.5 * t * torch.einsum("pab,pab->p", derivative_hessian(act, k), q_kk) + w2 * w2 * stein)
         e4_pairs, left, right = correlation_moments(act, k)
         g = e4_pairs * t[:, None, None] + w2 * w2 * left @ g @ right.transpose(1, 2)
-        mu_k, mu_t = mu_k_next, mu_k_next[:, cross] + w2 * mean_u
+        mu_k, mu_t = mu_k_next, gain * mu_k_next[:, cross] + w2 * mean_u
         # the variance: y = (δΣ^{l+1}, δB^l) = A ξ^l + ε;  ξ^{l+1} = M y + c·δT^l
         a_mat = k.new_zeros(p, size, size)
         a_mat[:, :dim, :dim] = jac
         a_mat[:, dim, :dim] = grad_b
         m_mat = k.new_zeros(p, size, size)
         m_mat[:, :dim, :dim] = torch.eye(dim, dtype=k.dtype)
-        m_mat[:, dim, cross] = 1.0
+        m_mat[:, dim, cross] = gain
         m_mat[:, dim, dim] = w2 * t
         g_mat = m_mat @ a_mat
         g_mat[:, dim, dim] += w2 * b
@@ -130,14 +137,15 @@ def _propagate_ntk(act: Activation, k: Tensor, depth: int, w2: float, b2: float,
             s_swap = w2 * w2 * (e4 * t * t + b * b * s_swap)
         else:  # the readout layer: its own terms, over O output units
             readout = w2 * w2 * (2.0 * e4 * t * t + b11 * b22 * s_same + b * b * s_swap)
-        k, t = f, f[:, cross] + w2 * b * t
+        k, t = f, gain * (f[:, cross] - b2) + bias_gain + w2 * b * t
     return t, q[:, -1, -1] + readout / out_dim, mu_t
 
 
 def ntk_finite_width_variance(x1: Tensor, x2: Optional[Tensor] = None, *,
                               activation: str | Activation = "relu", depth: int,
                               w_std: float = 1.0, b_std: float = 0.0,
-                              out_dim: int = 1) -> Dict[str, Tensor]:
+                              out_dim: int = 1, parameterization: str = "ntk",
+                              width: Optional[int] = None) -> Dict[str, Tensor]:
     """V_Θ(x, x') = lim n·Var[Θ̂(x, x')] and Θ^(1)(x, x') = lim n·(E[Θ̂(x, x')] − Θ_∞(x, x'))
     of the width-n MLP at initialization (module docstring).
 
@@ -148,6 +156,11 @@ def ntk_finite_width_variance(x1: Tensor, x2: Optional[Tensor] = None, *,
         depth: hidden layers (≥ 1); w_std, b_std: σ_w, σ_b of every layer (``ntk``, or μP,
             whose NTK at initialization has the same distribution).
         out_dim: O, the outputs the trace-mode NTK averages over.
+        parameterization: ``ntk`` or ``mup`` (the same NTK distribution at initialization), or
+            ``standard``: there a layer's weights add fan_in·K̂_post and its bias 1 to the NTK
+            (neural-tangents' convention), so Θ_∞ grows with the width and ``width`` (n) is
+            needed; the results are then the values at that width, E[Θ̂] = Θ_∞(n) + Θ^(1)(n)/n.
+        width: n, for ``standard`` only.
 
     Returns:
         dict of float64 (N1, N2): ``ntk`` (Θ_∞), ``ntk_variance`` (V_Θ) and
@@ -155,7 +168,8 @@ def ntk_finite_width_variance(x1: Tensor, x2: Optional[Tensor] = None, *,
         predicted root-mean-square ‖Θ̂ − Θ_∞‖_F is √(Σ V_Θ/n + Σ Θ^(1)²/n²).
 
     Raises:
-        ValueError: depth < 1, mismatched inputs, or a non-finite result (relu on distinct inputs
+        ValueError: depth < 1, mismatched inputs, an unknown parameterization, ``standard``
+            without a width or with σ_w = 0, or a non-finite result (relu on distinct inputs
             that are parallel at some layer).
     """
     act = get_activation(activation)
@@ -168,6 +182,7 @@ def ntk_finite_width_variance(x1: Tensor, x2: Optional[Tensor] = None, *,
         raise ValueError(f"x1, x2 must be (N, d) with the same d, got {tuple(x1.shape)}, {tuple(x2.shape)}")
     d = x1.shape[1]
     w2, b2 = float(w_std) ** 2, float(b_std) ** 2
+    gains = _gains(parameterization, d, width, w2)
     q1 = w2 * (x1 * x1).sum(1) / d + b2
     q2 = w2 * (x2 * x2).sum(1) / d + b2
     q12 = w2 * (x1 @ x2.T) / d + b2
@@ -177,14 +192,14 @@ def ntk_finite_width_variance(x1: Tensor, x2: Optional[Tensor] = None, *,
     rows, cols = torch.nonzero(same, as_tuple=True)
     if rows.numel():
         ntk[rows, cols], var[rows, cols], mean[rows, cols] = _propagate_ntk(
-            act, q1[rows, None], depth, w2, b2, out_dim)
+            act, q1[rows, None], depth, w2, b2, out_dim, gains)
     distinct = ~same
     if symmetric:  # the pairs above the diagonal, mirrored
         distinct &= torch.ones_like(same).triu(1)
     rows, cols = torch.nonzero(distinct, as_tuple=True)
     if rows.numel():
         k0 = torch.stack([q1[rows], q12[rows, cols], q2[cols]], dim=1)
-        ntk[rows, cols], var[rows, cols], mean[rows, cols] = _propagate_ntk(act, k0, depth, w2, b2, out_dim)
+        ntk[rows, cols], var[rows, cols], mean[rows, cols] = _propagate_ntk(act, k0, depth, w2, b2, out_dim, gains)
         if symmetric:
             ntk[cols, rows], var[cols, rows], mean[cols, rows] = ntk[rows, cols], var[rows, cols], mean[rows, cols]
     if not (torch.isfinite(var).all() and torch.isfinite(mean).all()):
@@ -193,14 +208,28 @@ def ntk_finite_width_variance(x1: Tensor, x2: Optional[Tensor] = None, *,
     return {"ntk": ntk, "ntk_variance": var, "ntk_mean_correction": mean}
 
 
+def _gains(parameterization: str, d: int, width: Optional[int], w2: float) -> Tuple[float, float, float]:
+    """:func:`_propagate_ntk`'s (λ_1, λ, g_b) for a parameterization."""
+    if parameterization in ("ntk", "mup"):
+        return 1.0, 1.0, -1.0
+    if parameterization != "standard":
+        raise ValueError(f"parameterization={parameterization!r} is not supported: allowed: ntk, mup, standard")
+    if width is None or isinstance(width, bool) or int(width) < 1:
+        raise ValueError(f"parameterization='standard' needs the width (n >= 1), got width={width!r}")
+    if w2 <= 0.0:
+        raise ValueError("parameterization='standard' needs w_std > 0")
+    return d / w2, int(width) / w2, 1.0
+
+
 def predicted_ntk_error(x: Tensor, theta_inf: Tensor, *, width: int, activation: str | Activation,
-                        depth: int, w_std: float, b_std: float, out_dim: int = 1) -> float:
+                        depth: int, w_std: float, b_std: float, out_dim: int = 1,
+                        parameterization: str = "ntk") -> float:
     """The predicted root-mean-square ‖Θ̂_0 − Θ_∞‖_F / ‖Θ_∞‖_F of the width-n MLP on inputs x
     (N, d): √(Σ V_Θ/n + Σ Θ^(1)²/n²) / ‖Θ_∞‖_F — the variance and the squared mean correction,
     E‖Θ̂ − Θ_∞‖² = Σ Var + Σ (E Θ̂ − Θ_∞)², each at its leading order. ``theta_inf`` (N, N) is
     the run's Θ_∞ on x."""
     got = ntk_finite_width_variance(x, activation=activation, depth=depth, w_std=w_std, b_std=b_std,
-                                    out_dim=out_dim)
+                                    out_dim=out_dim, parameterization=parameterization, width=width)
     mean_sq = got["ntk_variance"].sum().item() / width + (got["ntk_mean_correction"] ** 2).sum().item() / width ** 2
     norm = theta_inf.double().norm().item()
     return math.sqrt(max(mean_sq, 0.0)) / norm if norm > 0 else float("nan")
@@ -216,16 +245,16 @@ def finite_width_corrections(x1: Tensor, x2: Optional[Tensor] = None, *, model) 
     E[Θ̂] = ntk + ntk_mean_correction/n + O(1/n²), n·Var[Θ̂] → ntk_variance, and the same for
     the NNGP.
 
+    For ``standard`` (whose NTK grows with n) the NTK's coefficients are those at the model's
+    own width: E[Θ̂] = ntk + ntk_mean_correction/n with ``ntk`` = Θ_∞(n).
+
     Raises:
-        ValueError: not an :class:`~ntk_lab.models.MLP`, or the ``standard`` parameterization
-            (whose NTK grows with n; ``ntk`` and ``mup`` share these coefficients).
+        ValueError: not an :class:`~ntk_lab.models.MLP`.
     """
     if not isinstance(model, MLP):
         raise ValueError(f"finite_width_corrections: derived for the MLP only, got {type(model).__name__}")
-    if model.parameterization not in ("ntk", "mup"):
-        raise ValueError(f"finite_width_corrections: parameterization={model.parameterization!r} is not "
-                         f"supported: allowed: ntk, mup")
     settings = dict(activation=model.activation, depth=model.depth, w_std=model.w_std, b_std=model.b_std)
     nngp = nngp_finite_width_corrections(x1, x2, **settings)
-    ntk = ntk_finite_width_variance(x1, x2, out_dim=model.out_dim, **settings)
+    ntk = ntk_finite_width_variance(x1, x2, out_dim=model.out_dim, parameterization=model.parameterization,
+                                    width=model.width, **settings)
     return {**nngp, **ntk}

@@ -127,9 +127,8 @@ def fluctuation_prediction(spec: NetworkSpec, x: Tensor, theta_inf: Tensor, out_
     """(``ntk_err_inf_pred``, '') — the predicted root-mean-square ‖Θ_0 − Θ_∞‖_F/‖Θ_∞‖_F at the
     run's width on the probe inputs x, from the NTK's finite-width variance
     (:func:`ntk_lab.kernels.finite_width_ntk.predicted_ntk_error`) — or (None, why not)."""
-    if spec.name != "mlp" or spec.parameterization not in ("ntk", "mup"):
-        return None, ("ntk_err_inf_pred: the NTK's finite-width variance is derived for the MLP in "
-                      "the ntk and mup parameterizations only")
+    if spec.name != "mlp":
+        return None, "ntk_err_inf_pred: the NTK's finite-width corrections are derived for the MLP only"
     if source.monte_carlo:
         return None, "ntk_err_inf_pred: predicted against the closed-form Θ_∞ only"
     if len(x) > MAX_PREDICTION_PROBE:
@@ -138,7 +137,8 @@ def fluctuation_prediction(spec: NetworkSpec, x: Tensor, theta_inf: Tensor, out_
     try:
         value = predicted_ntk_error(x.to(torch.float64).flatten(1), theta_inf, width=spec.width,
                                     activation=spec.activation, depth=spec.depth,
-                                    w_std=spec.w_std, b_std=spec.b_std, out_dim=out_dim)
+                                    w_std=spec.w_std, b_std=spec.b_std, out_dim=out_dim,
+                                    parameterization=spec.parameterization)
     except ValueError as err:
         return None, f"ntk_err_inf_pred: {err}"
     return value, ""
