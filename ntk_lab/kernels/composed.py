@@ -63,7 +63,7 @@ def composed_kernels(
         tile_bytes: target bytes of one pair tensor of a tile.
         progress: a tqdm bar over the tiles (for computations of more than a few seconds).
         fused: use the compiled full-state maps (:mod:`ntk_lab.layers.fused_pairs`; CPU only);
-            None: when the work is at least ``FUSE_MIN_UPDATES`` pair-position updates.
+            None: when the work is at least ``FUSE_MIN_UPDATES`` pair-position maps.
 
     Returns:
         (nngp, ntk): float64 (N1, N2) on x1's device.
