@@ -121,16 +121,21 @@ def test_variance_extrapolated_in_one_over_width(activation, depth):
         fourth = (centered ** 4).mean(0)
         values.append(width * var)
         errors.append(width * torch.sqrt((fourth - var ** 2) / samples))
-    values, errors = torch.stack(values), torch.stack(errors)  # (W, N, N)
+    _assert_extrapolates_to(pred, torch.stack(values), torch.stack(errors), widths)
+
+
+def _assert_extrapolates_to(pred: torch.Tensor, values: torch.Tensor, errors: torch.Tensor, widths) -> None:
+    """values (W, N, N) = pred + c/n per entry, fitted by weighted least squares over the widths
+    (errors: the standard errors): the intercept within MC_SIGMAS of its standard error of pred,
+    for the diagonal and off-diagonal entries."""
     design = np.stack([np.ones(len(widths)), 1.0 / np.array(widths)], axis=1)
-    for a in range(3):
-        for b in range(a, 3):
+    for a in range(pred.shape[0]):
+        for b in range(a, pred.shape[1]):
             y, s = values[:, a, b].numpy(), errors[:, a, b].numpy()
             weights = 1.0 / s ** 2
             cov = np.linalg.inv(design.T @ (design * weights[:, None]))
-            coef = cov @ design.T @ (weights * y)
-            v_hat, v_se = coef[0], math.sqrt(cov[0, 0])
-            assert abs(v_hat - pred[a, b].item()) <= MC_SIGMAS * v_se, (a, b, v_hat, v_se, pred[a, b].item())
+            intercept, se = (cov @ design.T @ (weights * y))[0], math.sqrt(cov[0, 0])
+            assert abs(intercept - pred[a, b].item()) <= MC_SIGMAS * se, (a, b, intercept, se, pred[a, b].item())
 
 
 def test_predicted_error_is_the_root_of_the_summed_variance_and_squared_mean():
@@ -196,16 +201,7 @@ def test_mean_correction_extrapolated_in_one_over_width(activation, depth):
     widths, samples = (16, 32, 64), 100_000
     values, errors = zip(*(mean_scaled_deviation(x, activation, depth, n, samples, seed=300 + i)
                            for i, n in enumerate(widths)))
-    values, errors = torch.stack(values), torch.stack(errors)
-    design = np.stack([np.ones(len(widths)), 1.0 / np.array(widths)], axis=1)
-    for a in range(3):
-        for b in range(a, 3):
-            y, s = values[:, a, b].numpy(), errors[:, a, b].numpy()
-            weights = 1.0 / s ** 2
-            cov = np.linalg.inv(design.T @ (design * weights[:, None]))
-            coef = cov @ design.T @ (weights * y)
-            assert abs(coef[0] - pred[a, b].item()) <= MC_SIGMAS * math.sqrt(cov[0, 0]), \
-                (a, b, coef[0], math.sqrt(cov[0, 0]), pred[a, b].item())
+    _assert_extrapolates_to(pred, torch.stack(values), torch.stack(errors), widths)
 
 
 def test_finite_width_corrections_of_a_model():

@@ -105,8 +105,7 @@ def test_a_failed_compile_falls_back_to_the_eager_maps_with_one_warning(monkeypa
 
     monkeypatch.setattr(torch, "compile", no_compiler)
     monkeypatch.setattr(fused_pairs, "_FAILED", [])
-    monkeypatch.setattr(fused_pairs, "_compiled_conv", None)
-    monkeypatch.setattr(fused_pairs, "_compiled_relu", None)
+    monkeypatch.setattr(fused_pairs, "_COMPILED", {})
     with pytest.warns(RuntimeWarning, match="no working C\\+\\+ compiler"):
         got = composed_kernels(layers, x, fused=True)
     assert not fused_pairs.available()

@@ -40,10 +40,26 @@ def available() -> bool:
     return not _FAILED and hasattr(torch, "compile")
 
 
+_COMPILED: dict = {}  # function -> its torch.compile'd form, built on first use
+
+
+def _call_compiled(fn, *args):
+    """fn compiled (once per process) and called on args; None once any compile has failed."""
+    if not available():
+        return None
+    try:
+        if fn not in _COMPILED:
+            _COMPILED[fn] = torch.compile(fn, dynamic=False)
+        return _COMPILED[fn](*args)
+    except Exception as error:  # noqa: BLE001 — any compiler failure: fall back to eager
+        _disable(error)
+        return None
+
+
 def _disable(error: BaseException) -> None:
     _FAILED.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
     warnings.warn(f"compiled pair maps unavailable ({_FAILED[0][:120]}); using the eager maps",
-                  RuntimeWarning, stacklevel=3)
+                  RuntimeWarning, stacklevel=4)
 
 
 # --------------------------------------------------------------------------- the stencil
@@ -77,8 +93,6 @@ def _conv_map(nngp: Tensor, ntk: Optional[Tensor], masks, offsets, pad: int, v_w
     return raw * v_w + v_b, ntk_out
 
 
-_compiled_conv = None
-
 
 @functools.lru_cache(maxsize=16)
 def _stencil_plan(spatial: Tuple[int, ...], k: int, dtype, device):
@@ -108,23 +122,14 @@ def conv_pair_map(nngp: Tensor, ntk: Optional[Tensor], spatial: Tuple[int, ...],
                   v_w: float, v_b: float, g_w: float, g_b: float) -> Optional[Tuple[Tensor, Tensor]]:
     """The convolution's map of a full state (n1, n2, *S, *S), zero padding, compiled; the
     coefficients already include 1/k^d. None when the compiled map is unavailable."""
-    global _compiled_conv
-    if not available():
-        return None
-    try:
-        if _compiled_conv is None:
-            _compiled_conv = torch.compile(_conv_map, dynamic=False)
-        positions = math.prod(spatial)
-        shape = (nngp.shape[0] * nngp.shape[1], positions, positions)
-        masks, offsets, pad = _stencil_plan(tuple(spatial), k, nngp.dtype, nngp.device)
-        # the coefficients as 0-d tensors: graph inputs, not constants to recompile for
-        coefficients = [torch.tensor(c, dtype=nngp.dtype) for c in (v_w, v_b, g_w, g_b)]
-        out = _compiled_conv(nngp.reshape(shape), None if ntk is None else ntk.reshape(shape),
-                             masks, offsets, pad, *coefficients)
-        return out[0].reshape(nngp.shape), out[1].reshape(nngp.shape)
-    except Exception as error:  # noqa: BLE001 — any compiler failure: fall back to eager
-        _disable(error)
-        return None
+    positions = math.prod(spatial)
+    shape = (nngp.shape[0] * nngp.shape[1], positions, positions)
+    masks, offsets, pad = _stencil_plan(tuple(spatial), k, nngp.dtype, nngp.device)
+    # the coefficients as 0-d tensors: graph inputs, not constants to recompile for
+    coefficients = [torch.tensor(c, dtype=nngp.dtype) for c in (v_w, v_b, g_w, g_b)]
+    out = _call_compiled(_conv_map, nngp.reshape(shape), None if ntk is None else ntk.reshape(shape),
+                         masks, offsets, pad, *coefficients)
+    return None if out is None else (out[0].reshape(nngp.shape), out[1].reshape(nngp.shape))
 
 
 # --------------------------------------------------------------------------- the relu dual
@@ -138,25 +143,14 @@ def _relu_map(v1: Tensor, q12: Tensor, v2: Tensor, ntk: Tensor) -> Tuple[Tensor,
     return ssin * (0.5 / math.pi) + dot * q12, dot * ntk
 
 
-_compiled_relu = None
-
 
 def relu_pair_map(v1: Tensor, q12: Tensor, v2: Tensor, ntk: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
     """:func:`_relu_map` compiled, on a full state q12, ntk (n1, n2, *S, *S) with the variances
     v1 (n1, 1, *S, 1…), v2 (1, n2, 1…, *S) (viewed as (n1, n2, P, P), (n1, 1, P, 1),
     (1, n2, 1, P)); None when the compiled map is unavailable."""
-    global _compiled_relu
-    if not available():
-        return None
-    try:
-        if _compiled_relu is None:
-            _compiled_relu = torch.compile(_relu_map, dynamic=False)
-        n1, n2 = q12.shape[:2]
-        positions = math.isqrt(q12[0, 0].numel())
-        pairs = (n1, n2, positions, positions)
-        nngp, ntk_out = _compiled_relu(v1.reshape(n1, 1, positions, 1), q12.reshape(pairs),
-                                       v2.reshape(1, n2, 1, positions), ntk.reshape(pairs))
-        return nngp.reshape(q12.shape), ntk_out.reshape(q12.shape)
-    except Exception as error:  # noqa: BLE001 — any compiler failure: fall back to eager
-        _disable(error)
-        return None
+    n1, n2 = q12.shape[:2]
+    positions = math.isqrt(q12[0, 0].numel())
+    pairs = (n1, n2, positions, positions)
+    out = _call_compiled(_relu_map, v1.reshape(n1, 1, positions, 1), q12.reshape(pairs),
+                         v2.reshape(1, n2, 1, positions), ntk.reshape(pairs))
+    return None if out is None else (out[0].reshape(q12.shape), out[1].reshape(q12.shape))
