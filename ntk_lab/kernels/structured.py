@@ -56,32 +56,6 @@ from ntk_lab.kernels.structured_layers import (  # noqa: F401
 )
 
 
-"""Rows per block when a layer's Θ(x, x) is assembled from its upper-triangular blocks. The
-Gram products cost N²·(F + O·C) multiply-adds per layer — at N = 4096 nearly all of a
-checkpoint — and the blocks on and above the diagonal are 1/2 + 1/(2·blocks) of them (56% at
-8 blocks). 512 rows keep each block's matmuls large enough to run at full speed."""
-
-
-"""Target size of one block of per-sample gradients (with its gathered patch columns) in the
-explicit form. J is formed for a block of input features at a time and contracted at once,
-so each block is written and read back while it is still in cache (32 MiB L3 on the
-benchmark CPU) and the whole J — 75 MB per layer at N = 128, 128 → 128 channels, 8×8 — is
-never allocated. Measured there (``scripts/bench_arch.py``): the CNN's NTK 0.36 s → 0.21 s
-together with the lazily gathered patches; at 512 channels 8 MiB and 16 MiB blocks gave
-2.2× and 2.0× a forward+backward, 4 MiB 2.6×."""
-
-"""Fewest multiply-adds per kernel entry in one block (O·C·|features|): each block's
-contraction reads and writes the whole (N1, N2) result, so at large N a block must carry
-enough inner products to hide that traffic (N = 4096: the result is 64 MB)."""
-
-
-"""Rows per strip when J·Jᵀ of one sample set is accumulated strip by strip above the
-diagonal (at least two strips once N ≥ 64): strips of N rows cost 1/2 + 1/(2·strips) of the
-full product (75% at two strips, the N = 128 benchmark: its Gram products 12% faster, measured
-33.5 → 29.4 ms for nine 8 MB blocks), and 256 rows keep each product large enough to run at
-full speed."""
-
-
 # --------------------------------------------------------------------------- the kernel
 def structured_ntk_layers(
     model: nn.Module, x1: Tensor, x2: Optional[Tensor], mode: str, budget_bytes: int,
