@@ -20,7 +20,7 @@ from ntk_lab.models import CNN, MLP, ResMLP, ScaledOutput, parameter_layers
 from tests.test_empirical import explicit_ntk, reduce, rel_err
 
 F64 = torch.float64
-# float64 sums of a few hundred products agree to ~1e-15 relative; 1e-10 (the issue's target)
+# float64 sums of a few hundred products agree to ~1e-15 relative; 1e-10 (the stated target)
 # leaves room for the methods' different summation orders and catches any missing term.
 REL_TOL = 1e-10
 # jac_change expands ‖J_t − J_0‖² in float64; with a change of ~0.1 the cancellation costs

@@ -25,7 +25,7 @@ from ntk_lab.layers.activations import get_activation
 
 F64 = torch.float64
 MC_SIGMAS = 3.0
-"""The prediction within 3 standard errors of the Monte-Carlo estimate (the issue's bound)."""
+"""The prediction within 3 standard errors of the Monte-Carlo estimate (the lab's stated bound)."""
 
 
 def mc_ntk(x: torch.Tensor, activation: str, depth: int, width: int, samples: int, *, w_std=1.0,
@@ -282,7 +282,7 @@ def test_the_prediction_is_skipped_with_a_reason_for_large_probe_sets_and_other_
 def test_expected_distance_at_width_64_is_the_prediction(activation):
     """The fluctuation study's setting (MLP depth 3, σ_b = 0.1, the default data's 64 probe
     points on the circle) at its smallest width, n = 64: the mean of ntk_err_inf² over 3000
-    brute-force networks within 15 % of ntk_err_inf_pred² (the issue's bound for a sweep's seed
+    brute-force networks within 15 % of ntk_err_inf_pred² (the lab's target for a sweep's seed
     mean; 40 seeds carry ±20–40 %, so the study alone cannot show it). Measured with 4000
     networks: 1.055 ± 0.017 (relu) and 0.977 ± 0.018 (erf); 1.039 and 1.005 at n = 256."""
     from ntk_lab.data import make_dataset

@@ -26,7 +26,7 @@ EIGEN_ATOL = 1e-12
 # 1 − cos(K, K) in float64 is a few ulps of 1 (2.2e-16 each) away from 0.
 SELF_DISTANCE_ROUNDOFF = 1e-14
 # Per-layer kernels from per-parameter Jacobians against the full Θ in float64: sums of a few
-# hundred O(1) products in different orders agree to ~1e-15 relative (the issue asks 1e-10).
+# hundred O(1) products in different orders agree to ~1e-15 relative (the stated target is 1e-10).
 LAYER_SUM_REL_TOL = 1e-10
 # The conjugate kernel of a width-4096 ReLU net against NNGP_∞: the relative fluctuation of an
 # average over n units is O(n^(-1/2)) ≈ 0.016; 0.1 is six of those and still far below the
@@ -120,7 +120,7 @@ def test_kernel_velocity_and_distance_by_hand():
 
 
 def test_kernel_distance_of_a_kernel_to_itself_is_not_negative():
-    """Unclamped, 1 − cos rounds below zero for some kernels (the issue saw −1.6e-15); the
+    """Unclamped, 1 − cos rounds below zero for some kernels (−1.6e-15 was seen); the
     loop checks such a kernel is among those tested, so the clamp is what the test checks.
     Rounding up (+2.2e-16) is left alone: a distance is ≥ 0, not exactly 0."""
     g = torch.Generator().manual_seed(0)

@@ -25,7 +25,7 @@ F64 = torch.float64
 # eigen-decompositions of well-separated spectra) keep ~1e-12; 1e-9 catches any real
 # difference (a wrong layer, a missing α², a stale step-0 reference).
 PATH_AGREEMENT_ATOL = 1e-9
-# Sums of per-layer kernels against Θ in float64 (the issue asks 1e-10).
+# Sums of per-layer kernels against Θ in float64 (the stated target is 1e-10).
 LAYER_SUM_REL_TOL = 1e-10
 
 

@@ -20,7 +20,7 @@ MAX_Z = 4.0
 """Largest |z| = |estimate − exact|/SE over the entries of one kernel (≤ 25). The entries'
 errors are strongly correlated (one network's kernel shifts them together), so a mean of z²
 scatters like a χ² with one degree of freedom and says little; each entry within 4 standard
-errors is the issue's "within 3" with room for the ≤ 25 entries looked at."""
+errors is the stated "within 3" with room for the ≤ 25 entries looked at."""
 
 
 def z_scores(mc: dict, exact: torch.Tensor, key: str) -> torch.Tensor:

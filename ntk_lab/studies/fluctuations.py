@@ -39,7 +39,7 @@ from ntk_lab.analysis.fluctuation_plots import plot_moment_ratio_vs_beta
 from ntk_lab.records import atomic_write_text
 from ntk_lab.analysis.markdown import frame_table
 
-# Columns of fluctuations.csv (the contract) and the extra ones that follow them.
+# Columns of fluctuations.csv (the documented contract, docs/conventions.md) and the extra ones that follow them.
 TABLE_COLUMNS = ("width", "depth", "beta", "n_seeds", "moment_ratio", "ci_low", "ci_high")
 EXTRA_COLUMNS = ("mean_theta", "mean_theta_se", "theta_inf", "predicted_ratio")
 FIT_COLUMNS = ("scope", "rate", "intercept", "ci_low", "ci_high", "n_points", "beta_max",
