@@ -144,19 +144,23 @@ def test_conv_gram_and_explicit_forms_agree(mode):
             assert rel_err(same, gram_same) < REL_TOL
 
 
-@pytest.mark.parametrize("strip_rows", [256, 16])
-def test_symmetric_strips_of_the_explicit_form(strip_rows, monkeypatch):
-    """Θ(x, x) from the strips on and above the diagonal, mirrored (two strips of 35 rows, or
-    five uneven ones of ≤ 16), equals the full product J1·J2ᵀ of two separate captures."""
+@pytest.mark.parametrize("strip_rows", [256, 16, None])
+def test_symmetric_triangle_of_the_explicit_form(strip_rows, monkeypatch):
+    """Θ(x, x) from its upper part, mirrored — row strips on and above the diagonal (two of 35
+    rows, or five uneven ones of ≤ 16) with the BLAS switched off, or (None) BLAS syrk where
+    this torch has it — equals the full product J1·J2ᵀ of two separate captures."""
     import ntk_lab.kernels.structured_contraction as contraction
 
-    monkeypatch.setattr(contraction, "SYMMETRIC_STRIP_ROWS", strip_rows)
+    if strip_rows is not None:
+        monkeypatch.setattr(contraction, "SYMMETRIC_STRIP_ROWS", strip_rows)
+        monkeypatch.setattr(contraction, "syrk_available", lambda c: False)
     model = CNN(2, 4, 2, out_dim=1, activation="relu", b_std=0.4, seed=2, dtype=F64)
     layers = structured_layers(model)
     x = images(70, 3)
     a, b = capture_factors(model, x, layers)[1], capture_factors(model, x, layers)[1]
     assert contraction._symmetric_strips(70) is not None
     same = affine_kernel(a, a, "trace", 1 << 30, form="explicit", same=True)
+    assert torch.equal(same, same.T)
     assert rel_err(same, affine_kernel(a, b, "trace", 1 << 30, form="explicit")) < REL_TOL
 
 

@@ -6,7 +6,8 @@ Two forms, chosen per layer by operation count (:mod:`ntk_lab.kernels.structured
   a symmetric Θ(x, x) from blocks on and above the diagonal, mirrored;
 * explicit per-sample gradients J(x) = m_W Σ_p δ(x,p) u(x,p)ᵀ, formed a block of input
   features at a time and contracted (J1·J2ᵀ) while the block is in cache — a symmetric Θ(x, x)
-  from row strips on and above the diagonal.
+  from its upper triangle: BLAS syrk (:mod:`ntk_lab.kernels.blas_syrk`), or row strips on and
+  above the diagonal where torch's BLAS has no syrk.
 
 Memory is bounded by the budget passed in (bytes).
 """
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ntk_lab.kernels._common import chunk_size, chunks, empty_kernel
+from ntk_lab.kernels.blas_syrk import add_upper_gram, syrk_available
 from ntk_lab.layers.factors import AffineFactors
 from ntk_lab.kernels.structured_cost import _explicit_cost, _gram_cost
 
@@ -138,7 +140,11 @@ def _explicit_kernel(a: AffineFactors, b: AffineFactors, mode: str, budget: int,
                     chunk_size(per_feature, budget, feat))
         d1, d2 = _sensitivity_rows(a), None if same else _sensitivity_rows(b)
         scale = a.weight_multiplier * b.weight_multiplier
-        strips = _symmetric_strips(n1) if same and mode == "trace" else None
+        # Θ(x, x) from its upper triangle: BLAS syrk where torch's BLAS has one, else row
+        # strips above the diagonal (None: too few rows to gain, whole products)
+        triangle = None
+        if same and mode == "trace":
+            triangle = "blas" if syrk_available(result) else _symmetric_strips(n1)
         # gathered blocks are whole kernel offsets of lazy patches (a view for a plain u);
         # J is formed for slices of about ``block`` features of each
         for start, stop in _feature_blocks(feat, max(a.feature_unit, b.feature_unit), block):
@@ -146,13 +152,18 @@ def _explicit_kernel(a: AffineFactors, b: AffineFactors, mode: str, budget: int,
             u2 = u1 if same else b.columns(start, stop)
             for s in _even_slices(stop - start, block):
                 j1 = _per_sample_weight_gradients(a, d1, u1[:, :, s])
-                if strips:
-                    _add_upper_gram(result, j1.reshape(n1, -1), strips, scale / out)
+                if triangle == "blas":
+                    add_upper_gram(result, j1.reshape(n1, -1), scale / out)
+                    continue
+                if triangle is not None:
+                    _add_upper_gram(result, j1.reshape(n1, -1), triangle, scale / out)
                     continue
                 j2 = j1 if same else _per_sample_weight_gradients(b, d2, u2[:, :, s])
                 contract(j1, j2, mode, accumulate=result, scale=scale)
-        if strips:
-            _mirror_upper(result, strips)
+        if triangle == "blas":
+            result.add_(result.triu(1).T)
+        elif triangle is not None:
+            _mirror_upper(result, triangle)
     if m_b2 > 0.0:
         result += contract(a.delta.sum(2), b.delta.sum(2), mode) * m_b2
     return result
@@ -160,10 +171,12 @@ def _explicit_kernel(a: AffineFactors, b: AffineFactors, mode: str, budget: int,
 
 SYMMETRIC_STRIP_ROWS = 256
 """Rows per strip when J·Jᵀ of one sample set is accumulated strip by strip above the
-diagonal (at least two strips once N ≥ 64): strips of N rows cost 1/2 + 1/(2·strips) of the
-full product (75% at two strips, the N = 128 benchmark: its Gram products 12% faster, measured
-33.5 → 29.4 ms for nine 8 MB blocks), and 256 rows keep each product large enough to run at
-full speed."""
+diagonal, where torch's BLAS has no syrk (at least two strips once N ≥ 64). Strips of N rows
+cost 1/2 + 1/(2·strips) of the full product's operations (75% at two strips; 256 rows keep
+each product large enough to run at full speed). What that buys depends on the BLAS: 12%
+once (33.5 → 29.4 ms for nine 8 MB blocks at N = 128), nothing on the benchmark CPU with MKL,
+where (128, 8192) float32 products run at the core's peak — and where syrk takes 0.66× (one
+thread) to 0.78× (two threads) of the whole product."""
 
 
 def _symmetric_strips(n: int) -> Optional[list[slice]]:
