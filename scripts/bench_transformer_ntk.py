@@ -22,6 +22,7 @@ ReLU MLPs, ntk parameterization, GAP readout, one output — on N = 128 sequence
 
     python scripts/bench_transformer_ntk.py
     python scripts/bench_transformer_ntk.py --width 128 --n 64 --repeats 3
+    python scripts/bench_transformer_ntk.py --device cuda   # on a GPU (TF32 off; part 1 only)
 """
 
 from __future__ import annotations
@@ -66,10 +67,21 @@ def network(width: int, **kwargs) -> Transformer:
                        readout="gap", out_dim=1, **kwargs)
 
 
+_SYNC = lambda: None  # noqa: E731  (torch.cuda.synchronize on a GPU: timings wait for the work)
+
+
 def forward_backward(model, x):
     def run():
         model.zero_grad(set_to_none=True)
         model(x).sum().backward()
+        _SYNC()
+    return run
+
+
+def synced(fn):
+    def run():
+        fn()
+        _SYNC()
     return run
 
 
@@ -104,15 +116,17 @@ def estimated_seconds(model, x, method: str) -> float:
     (N / TRIAL_N)²: both general methods' contractions grow as N1·N2."""
     trial = x[:TRIAL_N]
     empirical_ntk(model, trial, method=method)
+    _SYNC()
     start = time.perf_counter()
     empirical_ntk(model, trial, method=method)
+    _SYNC()
     return (time.perf_counter() - start) * (len(x) / len(trial)) ** 2
 
 
-def empirical_part(width: int, n: int, repeats: int) -> tuple[float, float]:
+def empirical_part(width: int, n: int, repeats: int, device: torch.device) -> tuple[float, float]:
     """Prints the table; returns auto's ratios (best over best, median of the pairs)."""
-    model = network(width, seed=0)
-    x = torch.randn(n, TOKENS, FEATURES, generator=torch.Generator().manual_seed(1))
+    model = network(width, seed=0, device=device)
+    x = torch.randn(n, TOKENS, FEATURES, generator=torch.Generator().manual_seed(1)).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     base_fn = forward_backward(model, x)
     fwd_bwd = best_of(base_fn, repeats)
@@ -124,7 +138,7 @@ def empirical_part(width: int, n: int, repeats: int) -> tuple[float, float]:
     auto_ratios = (float("nan"), float("nan"))
     for method in ("auto", "structured", "ntvp", "jacrev"):
         chosen = resolve_method(model, x, None, method)
-        fn = lambda: empirical_ntk(model, x, method=method)  # noqa: E731
+        fn = synced(lambda: empirical_ntk(model, x, method=method))
         if method in ("auto", "structured"):
             reps = repeats
         else:
@@ -181,20 +195,31 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--n", type=int, default=128, help="sequences in the batch")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of fwd+bwd, auto and structured")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (part 1 only, TF32 off)")
     parser.add_argument("--theta-inf-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.theta_inf_child:
         theta_inf_child(args.width, args.n)
         return
+    global _SYNC
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        _SYNC = torch.cuda.synchronize
     load = os.getloadavg()[0]
-    print(f"device cpu, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs, load average {load:.1f} at the start")
     if load > 0.5:  # something else is running
         print("  (other processes are running: with several threads, OpenMP hand-offs make small "
               "ops, and so forward+backward, slow down far more than large matmuls; compare "
               "ratios with OMP_NUM_THREADS=1)")
     print()
-    best_ratio, pair_ratio = empirical_part(args.width, args.n, args.repeats)
+    best_ratio, pair_ratio = empirical_part(args.width, args.n, args.repeats, device)
+    if device.type != "cpu":  # the targets are this project's CPU's; Θ_∞'s is a CPU first call
+        print(f"\nauto on {device}: {pair_ratio:.2f}x fwd+bwd, median of pairs ({best_ratio:.2f}x best "
+              f"over best); the {TARGET_RATIO:g}x target is set for the CPU")
+        return
     first = theta_inf_part(args.width, args.n)
     print("\ntargets:")
     print(f"  auto: {pair_ratio:.2f}x fwd+bwd, median of pairs ({best_ratio:.2f}x best over best) "

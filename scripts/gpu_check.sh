@@ -4,7 +4,8 @@
 #   2. the GPU-marked tests (CUDA kernels against float64 CPU references)
 #   3. the NTK benchmarks on CUDA (TF32 off while kernels are computed): MLP methods, conv
 #      nets (scripts/bench_arch.py), the pooled CNN's Θ_∞ (scripts/bench_pooled_cnn_limit.py),
-#      and the instrumentation's overhead ratio (scripts/bench_overhead.py)
+#      the instrumentation's overhead ratio (scripts/bench_overhead.py), and a transformer's
+#      NTK (scripts/bench_transformer_ntk.py)
 #   4. a short width sweep on CUDA with its fitted slopes
 # Usage: bash scripts/gpu_check.sh   (writes under $OUT if set, else a temp folder)
 set -uo pipefail
@@ -48,6 +49,9 @@ timeout 120 "$PY" scripts/bench_overhead.py --no-probe --repeats 1 || status=1
 
 echo "== 3c. pooled-CNN Θ_∞ on CUDA: 64 and 128 images 1×28×28, GAP depth 3, rate against the dual's"
 timeout 150 "$PY" scripts/bench_pooled_cnn_limit.py 64 128 --device cuda || status=1
+
+echo "== 3d. transformer on CUDA: empirical NTK (width 256, depth 2, 128 sequences of 16 tokens) ÷ forward+backward"
+timeout 120 "$PY" scripts/bench_transformer_ntk.py --device cuda --repeats 5 || status=1
 
 echo "== 4. width sweep on CUDA (widths 64…4096 × 3 seeds)"
 timeout 150 "$PY" -m ntk_lab.run -m experiment=width_sweep device=cuda ntk.checkpoints=10 \
