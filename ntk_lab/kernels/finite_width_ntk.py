@@ -75,12 +75,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ntk_lab.kernels.analytic import infinite_width_kernels
 from ntk_lab.kernels.finite_width import _jacobian_hessian, nngp_finite_width_corrections
+from ntk_lab.kernels.finite_width_residual import resmlp_nngp_corrections
 from ntk_lab.kernels.finite_width_moments import (
     correlation_moments, derivative_gradient, derivative_hessian, unit_moments,
 )
 from ntk_lab.layers.activations import Activation, get_activation
-from ntk_lab.models import MLP
+from ntk_lab.models import MLP, ResMLP
 
 # --------------------------------------------------------------------------- the recursion
 def _propagate_ntk(act: Activation, k: Tensor, depth: int, w2: float, b2: float, out_dim: int,
@@ -236,23 +238,38 @@ def predicted_ntk_error(x: Tensor, theta_inf: Tensor, *, width: int, activation:
 
 
 def finite_width_corrections(x1: Tensor, x2: Optional[Tensor] = None, *, model) -> Dict[str, Tensor]:
-    """The 1/n coefficients of a built-in MLP's kernels at initialization, for its own
-    activation, σ's, depth and outputs (its width is ignored: these multiply 1/n).
+    """The 1/n coefficients of a built-in MLP's or residual MLP's kernels at initialization,
+    for its own activation, σ's, depth and outputs (its width is ignored: these multiply 1/n).
 
     Returns float64 (N1, N2) tensors: ``nngp_mean_correction`` and ``nngp_variance``
-    (:func:`ntk_lab.kernels.nngp_finite_width_corrections`), ``ntk_mean_correction`` (Θ^(1)) and
-    ``ntk_variance`` (V_Θ, this module); ``ntk`` and ``nngp``, the infinite-width kernels:
-    E[Θ̂] = ntk + ntk_mean_correction/n + O(1/n²), n·Var[Θ̂] → ntk_variance, and the same for
-    the NNGP.
+    (:func:`ntk_lab.kernels.nngp_finite_width_corrections`; for a
+    :class:`~ntk_lab.models.ResMLP`, :func:`ntk_lab.kernels.resmlp_nngp_corrections`),
+    ``ntk_mean_correction`` (Θ^(1)) and ``ntk_variance`` (V_Θ, this module); ``ntk`` and
+    ``nngp``, the infinite-width kernels: E[Θ̂] = ntk + ntk_mean_correction/n + O(1/n²),
+    n·Var[Θ̂] → ntk_variance, and the same for the NNGP.
 
     For ``standard`` (whose NTK grows with n) the NTK's coefficients are those at the model's
     own width: E[Θ̂] = ntk + ntk_mean_correction/n with ``ntk`` = Θ_∞(n).
 
+    For a residual MLP only the NNGP's coefficients are derived: ``ntk_mean_correction`` and
+    ``ntk_variance`` are NaN there (its NTK's corrections need the backward pass's reuse of
+    the branch weights, not derived), ``ntk`` its exact Θ_∞.
+
     Raises:
-        ValueError: not an :class:`~ntk_lab.models.MLP`.
+        ValueError: neither an :class:`~ntk_lab.models.MLP` nor a :class:`~ntk_lab.models.ResMLP`.
     """
+    if isinstance(model, ResMLP):
+        nngp = resmlp_nngp_corrections(x1, x2, activation=model.activation, depth=model.depth,
+                                       w_std=model.w_std, b_std=model.b_std, branch_scale=model.branch_scale)
+        x1 = torch.as_tensor(x1).detach().to(torch.float64)
+        x2 = x1 if x2 is None else torch.as_tensor(x2).detach().to(torch.float64)
+        _, theta = infinite_width_kernels(x1, x2, model=model)
+        missing = torch.full_like(nngp["nngp"], float("nan"))
+        return {**nngp, "ntk": theta.to(torch.float64), "ntk_variance": missing,
+                "ntk_mean_correction": missing.clone()}
     if not isinstance(model, MLP):
-        raise ValueError(f"finite_width_corrections: derived for the MLP only, got {type(model).__name__}")
+        raise ValueError(f"finite_width_corrections: derived for the MLP and the residual MLP, got "
+                         f"{type(model).__name__}")
     settings = dict(activation=model.activation, depth=model.depth, w_std=model.w_std, b_std=model.b_std)
     nngp = nngp_finite_width_corrections(x1, x2, **settings)
     ntk = ntk_finite_width_variance(x1, x2, out_dim=model.out_dim, parameterization=model.parameterization,
