@@ -12,6 +12,7 @@ import ntk_lab.kernels.finite_width_residual as residual
 from ntk_lab.kernels import infinite_width_kernels, nngp_finite_width_corrections, resmlp_nngp_corrections
 from ntk_lab.layers.activations import get_activation
 from ntk_lab.models import ResMLP
+from tests.test_finite_width import _extrapolate
 
 X = torch.tensor([[0.5, 0.25, -0.15, 0.1], [0.3, -1.2, 0.8, 0.5], [-1.5, 0.7, 1.1, -0.9]], dtype=torch.float64)
 PAIRS = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
@@ -47,15 +48,6 @@ def _ensemble(act, x, width, depth, beta, n_networks, generator, chunk=2000):
         p = act.fn(h)
         out.append(B_STD ** 2 + p.transpose(1, 2) @ p / width)
     return torch.cat(out)
-
-
-def _extrapolate(widths, values, errors):
-    """Weighted least squares of value = a + b/n; returns (a, standard error of a)."""
-    design = torch.tensor([[1.0, 1.0 / n] for n in widths], dtype=torch.float64)
-    weight = torch.tensor([1.0 / e ** 2 for e in errors], dtype=torch.float64)
-    cov = torch.linalg.inv(design.T @ (weight[:, None] * design))
-    coef = cov @ (design.T @ (weight * torch.tensor(values, dtype=torch.float64)))
-    return coef[0].item(), math.sqrt(cov[0, 0].item())
 
 
 # --------------------------------------------------------------------------- exact checks

@@ -320,6 +320,17 @@ def _propagate(act: Activation, k: Tensor, depth: int, w2: float, b2: float):
     return k, m, s
 
 
+def checked_inputs(x1: Tensor, x2: Optional[Tensor], depth) -> Tuple[Tensor, Tensor]:
+    """(x1, x2) as float64 (N, d) tensors (x2 None: x1), after checking depth ≥ 1 and the shapes."""
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+    x1 = torch.as_tensor(x1).detach().to(torch.float64)
+    x2 = x1 if x2 is None else torch.as_tensor(x2).detach().to(torch.float64)
+    if x1.dim() != 2 or x2.dim() != 2 or x1.shape[1] != x2.shape[1]:
+        raise ValueError(f"x1, x2 must be (N, d) with the same d, got {tuple(x1.shape)}, {tuple(x2.shape)}")
+    return x1, x2
+
+
 def nngp_finite_width_corrections(x1: Tensor, x2: Optional[Tensor] = None, *,
                                   activation: str | Activation = "relu", depth: int,
                                   w_std: float = 1.0, b_std: float = 0.0) -> Dict[str, Tensor]:
@@ -350,12 +361,7 @@ def nngp_finite_width_corrections(x1: Tensor, x2: Optional[Tensor] = None, *,
             inputs that are parallel at some layer, where the expansion is singular).
     """
     act = get_activation(activation)
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
-    x1 = torch.as_tensor(x1).detach().to(torch.float64)
-    x2 = x1 if x2 is None else torch.as_tensor(x2).detach().to(torch.float64)
-    if x1.dim() != 2 or x2.dim() != 2 or x1.shape[1] != x2.shape[1]:
-        raise ValueError(f"x1, x2 must be (N, d) with the same d, got {tuple(x1.shape)}, {tuple(x2.shape)}")
+    x1, x2 = checked_inputs(x1, x2, depth)
     n1, d = x1.shape
     n2 = x2.shape[0]
     w2, b2 = float(w_std) ** 2, float(b_std) ** 2

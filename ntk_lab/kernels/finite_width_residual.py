@@ -51,12 +51,11 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ntk_lab.kernels.finite_width import (
-    _hermite_rule, _jacobian_hessian, fourth_moment_covariance, symmetric_root_nodes,
+    _hermite_rule, _jacobian_hessian, checked_inputs, fourth_moment_covariance, symmetric_root_nodes,
 )
 from ntk_lab.layers.activations import Activation, get_activation
 
@@ -207,12 +206,7 @@ def resmlp_nngp_corrections(x1: Tensor, x2: Optional[Tensor] = None, *, activati
         ValueError: depth < 1, mismatched inputs, or a non-finite result.
     """
     act = get_activation(activation)
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
-    x1 = torch.as_tensor(x1).detach().to(torch.float64)
-    x2 = x1 if x2 is None else torch.as_tensor(x2).detach().to(torch.float64)
-    if x1.dim() != 2 or x2.dim() != 2 or x1.shape[1] != x2.shape[1]:
-        raise ValueError(f"x1, x2 must be (N, d) with the same d, got {tuple(x1.shape)}, {tuple(x2.shape)}")
+    x1, x2 = checked_inputs(x1, x2, depth)
     d = x1.shape[1]
     w2, b2, beta = float(w_std) ** 2, float(b_std) ** 2, float(branch_scale)
     q1, q2 = w2 * (x1 * x1).sum(1) / d + b2, w2 * (x2 * x2).sum(1) / d + b2
