@@ -331,6 +331,39 @@ def checked_inputs(x1: Tensor, x2: Optional[Tensor], depth) -> Tuple[Tensor, Ten
     return x1, x2
 
 
+def pairwise(x1: Tensor, x2: Optional[Tensor], w2: float, b2: float, propagate) -> list[Tensor]:
+    """Run ``propagate(k)`` over every pair (x1_i, x2_j) and scatter its outputs into (N1, N2)
+    tensors: identical inputs as the 1-D state k = (Σ¹(x, x)) (P, 1), taking the outputs' entry
+    [0] (or [0, 0]); distinct ones as (Σ¹11, Σ¹12, Σ¹22) (P, 3), taking [1] (or [1, 1], the
+    cross entry). With x2 None only the pairs above the diagonal run, mirrored.
+
+    ``propagate`` maps states (P, D) to a tuple of (P,) values, or (P, D) / (P, D, D) tensors
+    over the state's entries; x1, x2 are float64 (N, d) (:func:`checked_inputs`)."""
+    symmetric = x2 is None
+    x2 = x1 if symmetric else x2
+    d = x1.shape[1]
+    q1, q2 = w2 * (x1 * x1).sum(1) / d + b2, w2 * (x2 * x2).sum(1) / d + b2
+    q12 = w2 * (x1 @ x2.T) / d + b2
+    same = (x1[:, None, :] == x2[None, :, :]).all(-1)
+    distinct = ~same & (torch.ones_like(same).triu(1) if symmetric else True)
+    results = None
+    for mask, k, index in ((same, lambda r, c: q1[r, None], 0),
+                           (distinct, lambda r, c: torch.stack([q1[r], q12[r, c], q2[c]], dim=1), 1)):
+        rows, cols = torch.nonzero(mask, as_tuple=True)
+        if not rows.numel():
+            continue
+        outputs = propagate(k(rows, cols))
+        if results is None:
+            results = [torch.full((len(x1), len(x2)), float("nan"), dtype=torch.float64) for _ in outputs]
+        for result, value in zip(results, outputs):
+            if value.dim() > 1:  # a state's entries: its cross entry (or the 1-D one)
+                value = value[:, index] if value.dim() == 2 else value[:, index, index]
+            result[rows, cols] = value
+            if symmetric and index == 1:
+                result[cols, rows] = value
+    return results
+
+
 def nngp_finite_width_corrections(x1: Tensor, x2: Optional[Tensor] = None, *,
                                   activation: str | Activation = "relu", depth: int,
                                   w_std: float = 1.0, b_std: float = 0.0) -> Dict[str, Tensor]:

@@ -71,12 +71,13 @@ from __future__ import annotations
 import math
 from typing import Dict, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ntk_lab.kernels.analytic import infinite_width_kernels
-from ntk_lab.kernels.finite_width import _jacobian_hessian, nngp_finite_width_corrections
+from ntk_lab.kernels.finite_width import (
+    _jacobian_hessian, checked_inputs, nngp_finite_width_corrections, pairwise,
+)
 from ntk_lab.kernels.finite_width_residual import resmlp_nngp_corrections
 from ntk_lab.kernels.finite_width_moments import (
     correlation_moments, derivative_gradient, derivative_hessian, unit_moments,
@@ -175,35 +176,12 @@ def ntk_finite_width_variance(x1: Tensor, x2: Optional[Tensor] = None, *,
             that are parallel at some layer).
     """
     act = get_activation(activation)
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
     symmetric = x2 is None
-    x1 = torch.as_tensor(x1).detach().to(torch.float64)
-    x2 = x1 if x2 is None else torch.as_tensor(x2).detach().to(torch.float64)
-    if x1.dim() != 2 or x2.dim() != 2 or x1.shape[1] != x2.shape[1]:
-        raise ValueError(f"x1, x2 must be (N, d) with the same d, got {tuple(x1.shape)}, {tuple(x2.shape)}")
-    d = x1.shape[1]
+    x1, x2 = checked_inputs(x1, x2, depth)
     w2, b2 = float(w_std) ** 2, float(b_std) ** 2
-    gains = _gains(parameterization, d, width, w2)
-    q1 = w2 * (x1 * x1).sum(1) / d + b2
-    q2 = w2 * (x2 * x2).sum(1) / d + b2
-    q12 = w2 * (x1 @ x2.T) / d + b2
-    same = (x1[:, None, :] == x2[None, :, :]).all(-1)
-    ntk = torch.empty(len(x1), len(x2), dtype=torch.float64)
-    var, mean = torch.empty_like(ntk), torch.empty_like(ntk)
-    rows, cols = torch.nonzero(same, as_tuple=True)
-    if rows.numel():
-        ntk[rows, cols], var[rows, cols], mean[rows, cols] = _propagate_ntk(
-            act, q1[rows, None], depth, w2, b2, out_dim, gains)
-    distinct = ~same
-    if symmetric:  # the pairs above the diagonal, mirrored
-        distinct &= torch.ones_like(same).triu(1)
-    rows, cols = torch.nonzero(distinct, as_tuple=True)
-    if rows.numel():
-        k0 = torch.stack([q1[rows], q12[rows, cols], q2[cols]], dim=1)
-        ntk[rows, cols], var[rows, cols], mean[rows, cols] = _propagate_ntk(act, k0, depth, w2, b2, out_dim, gains)
-        if symmetric:
-            ntk[cols, rows], var[cols, rows], mean[cols, rows] = ntk[rows, cols], var[rows, cols], mean[rows, cols]
+    gains = _gains(parameterization, x1.shape[1], width, w2)
+    ntk, var, mean = pairwise(x1, None if symmetric else x2, w2, b2,
+                              lambda k: _propagate_ntk(act, k, depth, w2, b2, out_dim, gains))
     if not (torch.isfinite(var).all() and torch.isfinite(mean).all()):
         raise ValueError("non-finite NTK correction: for relu, distinct inputs that are parallel "
                          "(|ρ| = 1) at some layer make the expansion singular")
@@ -261,9 +239,7 @@ def finite_width_corrections(x1: Tensor, x2: Optional[Tensor] = None, *, model) 
     if isinstance(model, ResMLP):
         nngp = resmlp_nngp_corrections(x1, x2, activation=model.activation, depth=model.depth,
                                        w_std=model.w_std, b_std=model.b_std, branch_scale=model.branch_scale)
-        x1 = torch.as_tensor(x1).detach().to(torch.float64)
-        x2 = x1 if x2 is None else torch.as_tensor(x2).detach().to(torch.float64)
-        _, theta = infinite_width_kernels(x1, x2, model=model)
+        _, theta = infinite_width_kernels(*checked_inputs(x1, x2, model.depth), model=model)
         missing = torch.full_like(nngp["nngp"], float("nan"))
         return {**nngp, "ntk": theta.to(torch.float64), "ntk_variance": missing,
                 "ntk_mean_correction": missing.clone()}

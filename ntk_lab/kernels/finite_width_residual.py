@@ -55,7 +55,8 @@ import torch
 from torch import Tensor
 
 from ntk_lab.kernels.finite_width import (
-    _hermite_rule, _jacobian_hessian, checked_inputs, fourth_moment_covariance, symmetric_root_nodes,
+    _hermite_rule, _jacobian_hessian, checked_inputs, fourth_moment_covariance, pairwise,
+    symmetric_root_nodes,
 )
 from ntk_lab.layers.activations import Activation, get_activation
 
@@ -206,23 +207,11 @@ def resmlp_nngp_corrections(x1: Tensor, x2: Optional[Tensor] = None, *, activati
         ValueError: depth < 1, mismatched inputs, or a non-finite result.
     """
     act = get_activation(activation)
+    symmetric = x2 is None
     x1, x2 = checked_inputs(x1, x2, depth)
-    d = x1.shape[1]
     w2, b2, beta = float(w_std) ** 2, float(b_std) ** 2, float(branch_scale)
-    q1, q2 = w2 * (x1 * x1).sum(1) / d + b2, w2 * (x2 * x2).sum(1) / d + b2
-    q12 = w2 * (x1 @ x2.T) / d + b2
-    same = (x1[:, None, :] == x2[None, :, :]).all(-1)
-    nngp = torch.empty(len(x1), len(x2), dtype=torch.float64)
-    mean, var = torch.empty_like(nngp), torch.empty_like(nngp)
-    rows, cols = torch.nonzero(same, as_tuple=True)
-    if rows.numel():
-        g, m, v = _propagate_residual(act, q1[rows, None], depth, w2, b2, beta, nodes)
-        nngp[rows, cols], mean[rows, cols], var[rows, cols] = g[:, 0], m[:, 0], v[:, 0, 0]
-    rows, cols = torch.nonzero(~same, as_tuple=True)
-    if rows.numel():
-        k0 = torch.stack([q1[rows], q12[rows, cols], q2[cols]], dim=1)
-        g, m, v = _propagate_residual(act, k0, depth, w2, b2, beta, nodes)
-        nngp[rows, cols], mean[rows, cols], var[rows, cols] = g[:, 1], m[:, 1], v[:, 1, 1]
+    nngp, mean, var = pairwise(x1, None if symmetric else x2, w2, b2,
+                               lambda k: _propagate_residual(act, k, depth, w2, b2, beta, nodes))
     if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
         raise ValueError("non-finite 1/n correction of the residual MLP's NNGP (inputs parallel at some layer?)")
     return {"nngp": nngp, "nngp_mean_correction": mean, "nngp_variance": var}
