@@ -207,6 +207,31 @@ def _hermite_rule(nodes: int):
                                                                  dtype=torch.float64))
 
 
+UNIT_SPACING = 0.25
+"""Largest spacing, in units of the pre-activation u itself, of :func:`scaled_rule`. An
+activation's derivative has its own scale (erf's φ'⁴ ∝ e^{−4u²}, tanh's poles at u = ±iπ/2), so
+a rule in z = u/√k must refine as the variance k grows: a fixed 48-node Gauss–Hermite rule gave
+erf's E[φ'(u)⁴] 19 % low at k = 5 (100 nodes: 1.5 %). With this spacing, against scipy's quad
+at k = 1: tanh's E[φ'(u)⁴] (sech⁸, a pole of order 8 at u = iπ/2, the hardest case) 3e-10
+relative (8e-7 at spacing 1/3); erf's at k = 1, 5, 20 against its closed form (16/π²)/√(1 + 8k):
+< 2e-15."""
+SCALED_RULE_RANGE = 8.0
+"""The rule covers |z| ≤ 8: the standard normal mass beyond is 1.2e-15."""
+
+
+def scaled_rule(k_max: float, min_nodes: int = 64):
+    """A uniform midpoint rule (z, w) for E[g(z)], z ~ N(0, 1), where g(z) = h(√k z) for
+    variances k ≤ ``k_max``: spacing min(2·range/min_nodes, UNIT_SPACING/√k_max) in z, no node
+    at z = 0 (a kinked φ' is then integrated cell by cell), weights ϕ(z)·spacing normalized to
+    1. The trapezoid-type rule is spectrally accurate for smooth integrands that decay."""
+    span = 2.0 * SCALED_RULE_RANGE
+    nodes = max(min_nodes, math.ceil(span * math.sqrt(max(k_max, 0.0)) / UNIT_SPACING))
+    nodes += nodes % 2
+    z = (torch.arange(nodes, dtype=torch.float64) + 0.5) * (span / nodes) - SCALED_RULE_RANGE
+    w = torch.exp(-0.5 * z * z)
+    return z, w / w.sum()
+
+
 def fourth_moment_covariance(act: str | Activation, k: Tensor, *,
                              nodes: int = QUADRATURE_NODES) -> Tensor:
     """C(k) = Cov[(φ(u)², φ(u)φ(v), φ(v)²)] under (u, v) ~ N(0, [[k11, k12], [k12, k22]]).
