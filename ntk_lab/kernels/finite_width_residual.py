@@ -67,13 +67,26 @@ largest entry): erf's mean 1e-6 and variance 3e-8, relu's 2.5e-4 and 1e-5 (its k
 mean converges the slower: its Hessian weight z² − 1 reaches into the tails."""
 
 
-def _psi(act: Activation, u: Tensor, v: Optional[Tensor], w2: float) -> Tensor:
-    """ψ on a grid: (..., 3) for a pair, (..., 1) for the 1-D state (v None)."""
+def _components(act: Activation, u: Tensor, v: Optional[Tensor], w2: float, statistic: str) -> list:
+    """A unit's statistic on a grid, as a list of tensors shaped like u, for a pair (u, v) or
+    the 1-D state (v None):
+
+    ``nngp``: ψ = σ_w²(φ(u)², φ(u)φ(v), φ(v)²), or σ_w²φ(u)²;
+    ``ntk``: ψ and φ'(u)φ'(v);
+    ``slopes``: (φ'(u)², φ'(v)², φ'(u)φ'(v)), or φ'(u)²."""
+    du = act.derivative(u).to(torch.float64) if statistic != "nngp" else None
+    dv = du if v is None or du is None else act.derivative(v).to(torch.float64)
+    if statistic == "slopes":
+        return [du * du] if v is None else [du * du, dv * dv, du * dv]
     fu = act.fn(u).to(torch.float64)
-    if v is None:
-        return (w2 * fu * fu)[..., None]
-    fv = act.fn(v).to(torch.float64)
-    return w2 * torch.stack([fu * fu, fu * fv, fv * fv], dim=-1)
+    fv = fu if v is None else act.fn(v).to(torch.float64)
+    parts = [w2 * fu * fu] if v is None else [w2 * fu * fu, w2 * fu * fv, w2 * fv * fv]
+    return parts + [du * dv] if statistic == "ntk" else parts
+
+
+def _psi(act: Activation, u: Tensor, v: Optional[Tensor], w2: float, statistic: str = "nngp") -> Tensor:
+    """:func:`_components` stacked on a last axis."""
+    return torch.stack(_components(act, u, v, w2, statistic), dim=-1)
 
 
 def _sqrt_and_inverse(k: Tensor):
@@ -85,12 +98,21 @@ def _sqrt_and_inverse(k: Tensor):
     return (a, b, c), (c / det, -b / det, a / det)
 
 
-def _cross_moments(act: Activation, k_outer: Tensor, k_inc: Tensor, w2: float, nodes: int):
+_OUTER_BLOCK = 128
+"""Outer nodes per block of the nested rule: 128 × 40² inner points, ~1.6 MB a component."""
+
+
+def _cross_moments(act: Activation, k_outer: Tensor, k_inc: Tensor, w2: float, nodes: int,
+                   statistic: str = "nngp", centred: bool = True, hessian: bool = True):
     """For states y ~ N(0, k_outer), increments Δ ~ N(0, k_inc) (P, D), D = 3 or 1:
 
     cov  (P, D, D):    E[ψ̃(y) (ψ(y) − E ψ)ᵀ],     ψ̃(y) = E_Δ ψ(y + Δ)
     hess (P, D, D, D): E[∇²ψ̃(y)_{ab} (ψ(y) − E ψ)_c] with the Hessian (ab) as the 3 entries
                        (11, 12, 22) (1 entry in 1-D).
+
+    ``statistic`` names the unit statistic used for ψ in both places (:func:`_psi`); with
+    ``centred`` False the outer factor is ψ(y) itself, so cov is the raw E[ψ̃(y) ψ(y)ᵀ]. With
+    ``hessian`` False, hess is None.
     """
     z, w = _hermite_rule(nodes)
     dim = k_outer.shape[1]
@@ -101,14 +123,15 @@ def _cross_moments(act: Activation, k_outer: Tensor, k_inc: Tensor, w2: float, n
             y = torch.sqrt(ko[0, 0]) * z                       # (M,)
             root = torch.sqrt(ki[0, 0])
             total = y[:, None] + root * z[None, :]             # (M, M')
-            inner = _psi(act, total, None, w2)                 # (M, M', 1)
+            inner = _psi(act, total, None, w2, statistic)                 # (M, M', 1)
             ibp = ((z * z - 1.0) / ki[0, 0])[None, :, None]    # (1, M', 1): D^-1 (z² − 1)
             smooth = torch.einsum("mjd,j->md", inner, w)
-            hess = torch.einsum("mjd,j,mjh->mdh", inner, w, ibp.expand(len(z), -1, -1))
-            outer = _psi(act, y, None, w2)                     # (M, 1)
-            centred = outer - w @ outer
-            covs.append(torch.einsum("md,mc,m->dc", smooth, centred, w)[None])
-            hesses.append(torch.einsum("mdh,mc,m->dhc", hess, centred, w)[None])
+            outer = _psi(act, y, None, w2, statistic)                     # (M, 1)
+            paired = outer - w @ outer if centred else outer
+            covs.append(torch.einsum("md,mc,m->dc", smooth, paired, w)[None])
+            if hessian:
+                hess = torch.einsum("mjd,j,mjh->mdh", inner, w, ibp.expand(len(z), -1, -1))
+                hesses.append(torch.einsum("mdh,mc,m->dhc", hess, paired, w)[None])
             continue
         u, v = symmetric_root_nodes(ko[:, 0], ko[:, 1], ko[:, 2], z)   # (1, M, M)
         du, dv = symmetric_root_nodes(ki[:, 0], ki[:, 1], ki[:, 2], z)
@@ -118,16 +141,23 @@ def _cross_moments(act: Activation, k_outer: Tensor, k_inc: Tensor, w2: float, n
         g1, g2 = ia * z1 + ib * z2, ib * z1 + ic * z2
         inv11, inv12, inv22 = ia * ia + ib * ib, ia * ib + ib * ic, ib * ib + ic * ic  # D^-1
         ibp = torch.stack([g1 * g1 - inv11, g1 * g2 - inv12, g2 * g2 - inv22], dim=-1)  # (M', M', 3)
-        ww = w[:, None] * w[None, :]
-        inner = _psi(act, u[0][:, :, None, None] + du[0][None, None], v[0][:, :, None, None] + dv[0][None, None],
-                     w2)                                                      # (M, M, M', M', 3)
-        smooth = torch.einsum("abijd,ij->abd", inner, ww)
-        hess = torch.einsum("abijd,ij,ijh->abdh", inner, ww, ibp)
-        outer = _psi(act, u[0], v[0], w2)                                     # (M, M, 3)
-        centred = outer - torch.einsum("abd,ab->d", outer, ww)
-        covs.append(torch.einsum("abd,abc,ab->dc", smooth, centred, ww)[None])
-        hesses.append(torch.einsum("abdh,abc,ab->dhc", hess, centred, ww)[None])
-    return torch.cat(covs), torch.cat(hesses)
+        ww = (w[:, None] * w[None, :]).flatten()                              # (M'²,)
+        ibp_weight = ww[:, None] * ibp.reshape(-1, 3)                         # (M'², 3)
+        outer_u, outer_v, inner_u, inner_v = u[0].flatten(), v[0].flatten(), du[0].flatten(), dv[0].flatten()
+        smooth, hess = [], []
+        for start in range(0, len(outer_u), _OUTER_BLOCK):  # bounded blocks of the M² × M'² grid
+            block = _components(act, outer_u[start:start + _OUTER_BLOCK, None] + inner_u,
+                                outer_v[start:start + _OUTER_BLOCK, None] + inner_v, w2, statistic)
+            smooth.append(torch.stack([c @ ww for c in block], dim=-1))                    # (B, S)
+            if hessian:
+                hess.append(torch.stack([c @ ibp_weight for c in block], dim=1))           # (B, S, 3)
+        smooth = torch.cat(smooth)
+        outer = _psi(act, outer_u, outer_v, w2, statistic)                               # (M², S)
+        paired = outer - ww @ outer if centred else outer
+        covs.append(torch.einsum("md,mc,m->dc", smooth, paired, ww)[None])
+        if hessian:
+            hesses.append(torch.einsum("mdh,mc,m->dhc", torch.cat(hess), paired, ww)[None])
+    return torch.cat(covs), (torch.cat(hesses) if hessian else None)
 
 
 def _pair_with_matrix(hess: Tensor, coef: Tensor) -> Tensor:
