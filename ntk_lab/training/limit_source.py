@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ntk_lab.kernels.finite_width_ntk import predicted_ntk_error
+from ntk_lab.kernels.finite_width_residual_ntk import predicted_resmlp_ntk_error
 from ntk_lab.kernels.monte_carlo import monte_carlo_kernels
 from ntk_lab.kernels.network_limit import LimitCost, estimate_limit_cost, infinite_width_of
 from ntk_lab.models import NetworkSpec, build_network
@@ -121,6 +122,14 @@ MAX_PREDICTION_PROBE = 128
 moments per pair and layer (exact polar integrals for relu, Gauss–Hermite grids otherwise). For
 128 points at depth 3 that took 0.3 s (relu), 4.2 s (erf) and 28 s (tanh, no closed form) here;
 a 4096-point probe set would take hours and gigabytes."""
+MAX_RESIDUAL_PREDICTION_PROBE = 32
+"""The residual MLP's V_Θ needs 4-D Gaussian moments per pair and pair of layers (a unit persists
+across layers): 16 points at depth 4 took 6 s (relu) and 10 s (tanh) here with
+``RESIDUAL_PREDICTION_NODES``, so 32 points ~25–40 s."""
+RESIDUAL_PREDICTION_NODES = 24
+"""Gauss–Hermite nodes per axis of the residual MLP's nested rule in a run (40 by default): 7×
+cheaper; against 56 nodes V_Θ moves by 0.3 % (erf, depth 2), 0.4 % (tanh, depth 3) and 2.4 %
+(tanh, depth 5, β = 1), so the predicted ‖Θ_0 − Θ_∞‖ by half that."""
 
 
 def fluctuation_prediction(spec: NetworkSpec, x: Tensor, theta_inf: Tensor, out_dim: int,
@@ -128,18 +137,27 @@ def fluctuation_prediction(spec: NetworkSpec, x: Tensor, theta_inf: Tensor, out_
     """(``ntk_err_inf_pred``, '') — the predicted root-mean-square ‖Θ_0 − Θ_∞‖_F/‖Θ_∞‖_F at the
     run's width on the probe inputs x, from the NTK's finite-width variance
     (:func:`ntk_lab.kernels.finite_width_ntk.predicted_ntk_error`) — or (None, why not)."""
-    if spec.name != "mlp":
-        return None, "ntk_err_inf_pred: the NTK's finite-width corrections are derived for the MLP only"
+    if spec.name not in ("mlp", "resmlp"):
+        return None, "ntk_err_inf_pred: the NTK's finite-width corrections are derived for the MLP and the residual MLP only"
     if source.monte_carlo:
         return None, "ntk_err_inf_pred: predicted against the closed-form Θ_∞ only"
-    if len(x) > MAX_PREDICTION_PROBE:
+    residual = spec.name == "resmlp"
+    if residual and spec.parameterization == "standard":
+        return None, "ntk_err_inf_pred: the residual MLP's NTK variance is derived for parameterization ntk (and mup)"
+    limit = MAX_RESIDUAL_PREDICTION_PROBE if residual else MAX_PREDICTION_PROBE
+    if len(x) > limit:
         return None, (f"ntk_err_inf_pred: not computed for a probe set of {len(x)} points (its pairs' "
-                      f"Gaussian moments would cost minutes); it is for data.n_probe <= {MAX_PREDICTION_PROBE}")
+                      f"Gaussian moments would cost minutes); it is for data.n_probe <= {limit}")
+    settings = dict(width=spec.width, activation=spec.activation, depth=spec.depth, w_std=spec.w_std,
+                    b_std=spec.b_std, out_dim=out_dim)
     try:
-        value = predicted_ntk_error(x.to(torch.float64).flatten(1), theta_inf, width=spec.width,
-                                    activation=spec.activation, depth=spec.depth,
-                                    w_std=spec.w_std, b_std=spec.b_std, out_dim=out_dim,
-                                    parameterization=spec.parameterization)
+        if residual:
+            value = predicted_resmlp_ntk_error(x.to(torch.float64).flatten(1), theta_inf,
+                                               branch_scale=spec.branch_scale,
+                                               nodes=RESIDUAL_PREDICTION_NODES, **settings)
+        else:
+            value = predicted_ntk_error(x.to(torch.float64).flatten(1), theta_inf,
+                                        parameterization=spec.parameterization, **settings)
     except ValueError as err:
         return None, f"ntk_err_inf_pred: {err}"
     return value, ""
