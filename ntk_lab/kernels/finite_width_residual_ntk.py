@@ -218,7 +218,7 @@ def predicted_resmlp_ntk_error(x: Tensor, theta_inf: Tensor, *, width: int, acti
     """The predicted root-mean-square ‖Θ̂_0 − Θ_∞‖_F / ‖Θ_∞‖_F of the width-n residual MLP on
     inputs x (N, d), at leading order: √(Σ V_Θ/n) / ‖Θ_∞‖_F. The squared mean correction
     Σ Θ^(1)²/n², which the MLP's prediction adds, is O(1/n²) and not derived here (a Monte Carlo
-    of these networks puts it below 0.2 % of Σ V_Θ/n at n = 64). ``theta_inf`` (N, N) is the
+    of these networks puts it below 0.4 % of Σ V_Θ/n at n = 64). ``theta_inf`` (N, N) is the
     run's Θ_∞ on x."""
     got = resmlp_ntk_variance(x, activation=activation, depth=depth, w_std=w_std, b_std=b_std,
                               branch_scale=branch_scale, out_dim=out_dim, nodes=nodes)
