@@ -1,8 +1,9 @@
 """How far Θ_0 is from Θ_∞ at initialization, against how far the 1/n theory says it should be.
 
-Runs of an MLP (``ntk`` or ``mup``) carry ``ntk_err_inf_pred``, the predicted root-mean-square
+Runs of an MLP (``ntk``, ``mup`` or ``standard``) or a residual MLP (``ntk`` or ``mup``, probe
+sets of ≤ 32 points) carry ``ntk_err_inf_pred``, the predicted root-mean-square
 ‖Θ_0 − Θ_∞‖_F/‖Θ_∞‖_F at their width from the NTK's finite-width variance
-(:mod:`ntk_lab.kernels.finite_width_ntk`). Per width (and per any other swept setting) this
+(:mod:`ntk_lab.kernels.finite_width_ntk`, :mod:`ntk_lab.kernels.finite_width_residual_ntk`). Per width (and per any other swept setting) this
 table sets the mean over seeds of the measured ``ntk_err_inf``² at step 0 beside the predicted
 square, with their ratio and a 95 % bootstrap interval over seeds. The squares are what the
 theory predicts (E‖Θ_0 − Θ_∞‖² = Σ Var + O(1/n²)); a ratio near 1 at every width says the
