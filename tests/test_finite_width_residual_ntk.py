@@ -255,3 +255,15 @@ def test_residual_runs_carry_the_predicted_distance(tmp_path):
     standard = NetworkSpec("resmlp", 32, 2, activation="erf", parameterization="standard")
     value, why = fluctuation_prediction(standard, x[:3], torch.eye(3, dtype=torch.float64), 1)
     assert value is None and "parameterization ntk" in why
+
+
+def test_a_long_residual_prediction_is_announced(capsys, monkeypatch):
+    """The run says how long the residual MLP's V_Θ will take before computing it (timed on one
+    pair, scaled by the pairs), when that exceeds PREDICTION_ANNOUNCE_S (here forced to 0)."""
+    import ntk_lab.training.limit_source as limit_source
+    from ntk_lab.models import NetworkSpec
+    monkeypatch.setattr(limit_source, "PREDICTION_ANNOUNCE_S", 0.0)
+    spec = NetworkSpec("resmlp", 32, 1, activation="erf", b_std=0.1)
+    limit_source._announce_residual_cost(spec, torch.randn(5, 3, dtype=torch.float64))
+    out = capsys.readouterr().out
+    assert "ntk_err_inf_pred" in out and "for 10 pairs of probe inputs (estimated" in out

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 
 from ntk_lab.kernels.finite_width_ntk import predicted_ntk_error
-from ntk_lab.kernels.finite_width_residual_ntk import predicted_resmlp_ntk_error
+from ntk_lab.kernels.finite_width_residual_ntk import predicted_resmlp_ntk_error, resmlp_ntk_variance
 from ntk_lab.kernels.monte_carlo import monte_carlo_kernels
-from ntk_lab.kernels.network_limit import LimitCost, estimate_limit_cost, infinite_width_of
+from ntk_lab.kernels.network_limit import LimitCost, estimate_limit_cost, format_duration, infinite_width_of
 from ntk_lab.models import NetworkSpec, build_network
 
 MC_CALIBRATION_INPUTS = 8
@@ -152,8 +152,9 @@ def fluctuation_prediction(spec: NetworkSpec, x: Tensor, theta_inf: Tensor, out_
                     b_std=spec.b_std, out_dim=out_dim)
     try:
         if residual:
-            value = predicted_resmlp_ntk_error(x.to(torch.float64).flatten(1), theta_inf,
-                                               branch_scale=spec.branch_scale,
+            flat = x.to(torch.float64).flatten(1)
+            _announce_residual_cost(spec, flat)
+            value = predicted_resmlp_ntk_error(flat, theta_inf, branch_scale=spec.branch_scale,
                                                nodes=RESIDUAL_PREDICTION_NODES, **settings)
         else:
             value = predicted_ntk_error(x.to(torch.float64).flatten(1), theta_inf,
@@ -161,3 +162,25 @@ def fluctuation_prediction(spec: NetworkSpec, x: Tensor, theta_inf: Tensor, out_
     except ValueError as err:
         return None, f"ntk_err_inf_pred: {err}"
     return value, ""
+
+
+PREDICTION_ANNOUNCE_S = 2.0
+"""A residual MLP's ntk_err_inf_pred estimated to take longer than this is announced in one line."""
+
+
+def _announce_residual_cost(spec: NetworkSpec, x: Tensor) -> None:
+    """Time the residual MLP's V_Θ on one distinct pair of x after a warm-up, scale it by the
+    distinct pairs (the diagonal's 1-D states are ~100× cheaper), and say so when it exceeds a
+    few seconds."""
+    if len(x) < 2:
+        return
+    settings = dict(activation=spec.activation, depth=spec.depth, w_std=spec.w_std, b_std=spec.b_std,
+                    branch_scale=spec.branch_scale, nodes=RESIDUAL_PREDICTION_NODES)
+    resmlp_ntk_variance(x[:1], **settings)  # warm-up: first-call costs, on a cheap 1-D state
+    started = time.perf_counter()
+    resmlp_ntk_variance(x[:1], x[1:2], **settings)
+    pairs = len(x) * (len(x) - 1) // 2
+    seconds = (time.perf_counter() - started) * pairs
+    if seconds > PREDICTION_ANNOUNCE_S:
+        print(f"ntk_lab: ntk_err_inf_pred (the residual MLP's NTK variance): ~{format_duration(seconds)} "
+              f"for {pairs:,} pairs of probe inputs (estimated; data.n_probe sets the pairs)", flush=True)
