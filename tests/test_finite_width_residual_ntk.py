@@ -257,8 +257,8 @@ def test_residual_runs_carry_the_predicted_distance(tmp_path):
 
 
 def test_a_long_residual_prediction_is_announced(capsys, monkeypatch):
-    """The run says how long the residual MLP's V_Θ will take before computing it (timed on one
-    pair, scaled by the pairs), when that exceeds PREDICTION_ANNOUNCE_S (here forced to 0)."""
+    """The run says how long the residual MLP's V_Θ will take before computing it (timed on 1
+    and 4 pairs, scaled to all pairs), when that exceeds PREDICTION_ANNOUNCE_S (here forced to 0)."""
     import ntk_lab.training.limit_source as limit_source
     from ntk_lab.models import NetworkSpec
     monkeypatch.setattr(limit_source, "PREDICTION_ANNOUNCE_S", 0.0)
