@@ -98,6 +98,10 @@ def _sqrt_and_inverse(k: Tensor):
     return (a, b, c), (c / det, -b / det, a / det)
 
 
+ONE_D_NODES = 200
+"""Nodes per axis of the nested rule for an input with itself (the 1-D state), whatever ``nodes``
+asks: its rule has only nodes² points, and relu's kinks converge slowly there (a depth-1
+diagonal entry of the NTK variance: 0.19 % high at 40 nodes, 1e-5 relative of 250 at 200)."""
 _OUTER_BLOCK = 128
 """Outer nodes per block of the nested rule: 128 × 40² inner points, ~1.6 MB a component."""
 
@@ -114,8 +118,8 @@ def _cross_moments(act: Activation, k_outer: Tensor, k_inc: Tensor, w2: float, n
     ``centred`` False the outer factor is ψ(y) itself, so cov is the raw E[ψ̃(y) ψ(y)ᵀ]. With
     ``hessian`` False, hess is None.
     """
-    z, w = _hermite_rule(nodes)
     dim = k_outer.shape[1]
+    z, w = _hermite_rule(max(nodes, ONE_D_NODES) if dim == 1 else nodes)
     covs, hesses = [], []
     for p in range(k_outer.shape[0]):  # one pair at a time: nodes⁴ points
         ko, ki = k_outer[p:p + 1], k_inc[p:p + 1]
