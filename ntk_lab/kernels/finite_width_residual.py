@@ -218,6 +218,15 @@ def _propagate_residual(act: Activation, k1: Tensor, depth: int, w2: float, b2: 
         run = [run[c] + influence[c] for c in range(layers)]
 
 
+def residual_arguments(x1: Tensor, x2: Optional[Tensor], activation, depth, w_std, b_std, branch_scale):
+    """(activation, x1, x2 or None for a symmetric call, σ_w², σ_b², β) after the input checks:
+    the common front of the residual MLP's correction functions."""
+    symmetric = x2 is None
+    x1, x2 = checked_inputs(x1, x2, depth)
+    return (get_activation(activation), x1, None if symmetric else x2, float(w_std) ** 2,
+            float(b_std) ** 2, float(branch_scale))
+
+
 def resmlp_nngp_corrections(x1: Tensor, x2: Optional[Tensor] = None, *, activation: str | Activation = "relu",
                             depth: int, w_std: float = 1.0, b_std: float = 0.0, branch_scale: float = 1.0,
                             nodes: int = NODES) -> Dict[str, Tensor]:
@@ -240,11 +249,8 @@ def resmlp_nngp_corrections(x1: Tensor, x2: Optional[Tensor] = None, *, activati
     Raises:
         ValueError: depth < 1, mismatched inputs, or a non-finite result.
     """
-    act = get_activation(activation)
-    symmetric = x2 is None
-    x1, x2 = checked_inputs(x1, x2, depth)
-    w2, b2, beta = float(w_std) ** 2, float(b_std) ** 2, float(branch_scale)
-    nngp, mean, var = pairwise(x1, None if symmetric else x2, w2, b2,
+    act, x1, x2, w2, b2, beta = residual_arguments(x1, x2, activation, depth, w_std, b_std, branch_scale)
+    nngp, mean, var = pairwise(x1, x2, w2, b2,
                                lambda k: _propagate_residual(act, k, depth, w2, b2, beta, nodes))
     if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
         raise ValueError("non-finite 1/n correction of the residual MLP's NNGP (inputs parallel at some layer?)")

@@ -74,10 +74,10 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from ntk_lab.kernels.finite_width import _jacobian_hessian, checked_inputs, pairwise
+from ntk_lab.kernels.finite_width import _jacobian_hessian, pairwise
 from ntk_lab.kernels.finite_width_moments import derivative_gradient, unit_moments
-from ntk_lab.kernels.finite_width_residual import NODES, _cross_moments
-from ntk_lab.layers.activations import Activation, get_activation
+from ntk_lab.kernels.finite_width_residual import NODES, _cross_moments, residual_arguments
+from ntk_lab.layers.activations import Activation
 
 
 def _unit_covariances(act: Activation, k: list, w2: float, b2: float, nodes: int) -> dict:
@@ -201,11 +201,8 @@ def resmlp_ntk_variance(x1: Tensor, x2: Optional[Tensor] = None, *, activation: 
     Raises:
         ValueError: depth < 1, mismatched inputs, or a non-finite result.
     """
-    act = get_activation(activation)
-    symmetric = x2 is None
-    x1, x2 = checked_inputs(x1, x2, depth)
-    w2, b2, beta = float(w_std) ** 2, float(b_std) ** 2, float(branch_scale)
-    ntk, var = pairwise(x1, None if symmetric else x2, w2, b2,
+    act, x1, x2, w2, b2, beta = residual_arguments(x1, x2, activation, depth, w_std, b_std, branch_scale)
+    ntk, var = pairwise(x1, x2, w2, b2,
                         lambda k: _propagate_residual_ntk(act, k, depth, w2, b2, beta, out_dim, nodes))
     if not torch.isfinite(var).all():
         raise ValueError("non-finite NTK variance of the residual MLP (inputs parallel at some layer?)")
