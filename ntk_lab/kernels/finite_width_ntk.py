@@ -79,7 +79,7 @@ from ntk_lab.kernels.finite_width import (
     _jacobian_hessian, checked_inputs, nngp_finite_width_corrections, pairwise,
 )
 from ntk_lab.kernels.finite_width_residual import resmlp_nngp_corrections
-from ntk_lab.kernels.finite_width_residual_ntk import resmlp_ntk_variance
+from ntk_lab.kernels.finite_width_residual_mean import resmlp_ntk_corrections
 from ntk_lab.kernels.finite_width_moments import (
     correlation_moments, derivative_gradient, derivative_hessian, unit_moments,
 )
@@ -230,10 +230,9 @@ def finite_width_corrections(x1: Tensor, x2: Optional[Tensor] = None, *, model) 
     For ``standard`` (whose NTK grows with n) the NTK's coefficients are those at the model's
     own width: E[Θ̂] = ntk + ntk_mean_correction/n with ``ntk`` = Θ_∞(n).
 
-    For a residual MLP (``ntk`` parameterization) ``ntk_variance`` comes from
-    :func:`ntk_lab.kernels.resmlp_ntk_variance`; its ``ntk_mean_correction`` is NaN (not
-    derived: it needs the O(1/n) correlation of a unit's own NTK entries with its
-    pre-activations through the branch weights both reuse), ``ntk`` its exact Θ_∞.
+    For a residual MLP (``ntk`` or ``mup`` parameterization, which share the NTK's law at
+    initialization) ``ntk_variance`` and ``ntk_mean_correction`` come from
+    :func:`ntk_lab.kernels.resmlp_ntk_corrections`, ``ntk`` is its exact Θ_∞.
 
     Raises:
         ValueError: neither an :class:`~ntk_lab.models.MLP` nor a :class:`~ntk_lab.models.ResMLP`.
@@ -245,10 +244,10 @@ def finite_width_corrections(x1: Tensor, x2: Optional[Tensor] = None, *, model) 
         settings = dict(activation=model.activation, depth=model.depth, w_std=model.w_std,
                         b_std=model.b_std, branch_scale=model.branch_scale)
         nngp = resmlp_nngp_corrections(x1, x2, **settings)
-        variance = resmlp_ntk_variance(x1, x2, out_dim=model.out_dim, **settings)["ntk_variance"]
+        ntk = resmlp_ntk_corrections(x1, x2, out_dim=model.out_dim, **settings)
         _, theta = infinite_width_kernels(*checked_inputs(x1, x2, model.depth), model=model)
-        return {**nngp, "ntk": theta.to(torch.float64), "ntk_variance": variance,
-                "ntk_mean_correction": torch.full_like(variance, float("nan"))}
+        return {**nngp, "ntk": theta.to(torch.float64), "ntk_variance": ntk["ntk_variance"],
+                "ntk_mean_correction": ntk["ntk_mean_correction"]}
     if not isinstance(model, MLP):
         raise ValueError(f"finite_width_corrections: derived for the MLP and the residual MLP, got "
                          f"{type(model).__name__}")

@@ -73,13 +73,20 @@ def _components(act: Activation, u: Tensor, v: Optional[Tensor], w2: float, stat
 
     ``nngp``: ψ = σ_w²(φ(u)², φ(u)φ(v), φ(v)²), or σ_w²φ(u)²;
     ``ntk``: ψ and φ'(u)φ'(v);
-    ``slopes``: (φ'(u)², φ'(v)², φ'(u)φ'(v)), or φ'(u)²."""
+    ``slopes``: (φ'(u)², φ'(v)², φ'(u)φ'(v)), or φ'(u)²;
+    ``derivatives``: φ'(u)φ'(v) alone;
+    ``ell``: (φ'(u)φ(u), φ'(u)φ(v), φ'(v)φ(u), φ'(v)φ(v)), or φ'(u)φ(u): the products that carry
+    a unit's first-order share of the NTK entries of its neighbours."""
     du = act.derivative(u).to(torch.float64) if statistic != "nngp" else None
     dv = du if v is None or du is None else act.derivative(v).to(torch.float64)
     if statistic == "slopes":
         return [du * du] if v is None else [du * du, dv * dv, du * dv]
+    if statistic == "derivatives":
+        return [du * dv]
     fu = act.fn(u).to(torch.float64)
     fv = fu if v is None else act.fn(v).to(torch.float64)
+    if statistic == "ell":
+        return [du * fu] if v is None else [du * fu, du * fv, dv * fu, dv * fv]
     parts = [w2 * fu * fu] if v is None else [w2 * fu * fu, w2 * fu * fv, w2 * fv * fv]
     return parts + [du * dv] if statistic == "ntk" else parts
 
@@ -106,62 +113,70 @@ _OUTER_BLOCK = 128
 """Outer nodes per block of the nested rule: 128 × 40² inner points, ~1.6 MB a component."""
 
 
-def _cross_moments(act: Activation, k_outer: Tensor, k_inc: Tensor, w2: float, nodes: int,
-                   statistic: str = "nngp", centred: bool = True, hessian: bool = True):
-    """For states y ~ N(0, k_outer), increments Δ ~ N(0, k_inc) (P, D), D = 3 or 1:
+def nested_moments(act: Activation, k_outer: Tensor, k_inc: Tensor, w2: float, nodes: int, inner: str,
+                   outer: Optional[str] = None, centred: bool = True, orders=(0,)) -> Dict[int, Tensor]:
+    """Moments of one unit's statistics at two layers. For its state y ~ N(0, k_outer) at the
+    earlier layer and its later increment Δ ~ N(0, k_inc), independent of y (states (P, D),
+    D = 3 or 1), with ψ = ``inner`` at the later layer and o = ``outer`` (default ``inner``) at
+    the earlier one (:func:`_components`; centred o − E o unless ``centred`` is False):
 
-    cov  (P, D, D):    E[ψ̃(y) (ψ(y) − E ψ)ᵀ],     ψ̃(y) = E_Δ ψ(y + Δ)
-    hess (P, D, D, D): E[∇²ψ̃(y)_{ab} (ψ(y) − E ψ)_c] with the Hessian (ab) as the 3 entries
-                       (11, 12, 22) (1 entry in 1-D).
+        order 0  (P, I, C):     E[ψ̃_i(y) o_c(y)],          ψ̃(y) = E_Δ ψ(y + Δ)
+        order 1  (P, I, R, C):  E[∂_r ψ̃_i(y) o_c(y)],      r over the inputs (R = 2, or 1 in 1-D)
+        order 2  (P, I, H, C):  E[∂²ψ̃_i(y)_h o_c(y)],      h over (11, 12, 22) (H = 3, or 1)
 
-    ``statistic`` names the unit statistic used for ψ in both places (:func:`_psi`); with
-    ``centred`` False the outer factor is ψ(y) itself, so cov is the raw E[ψ̃(y) ψ(y)ᵀ]. With
-    ``hessian`` False, hess is None.
+    The derivatives of the smoothed ψ̃ come by Gaussian integration by parts in Δ = D^{1/2}z:
+    ∇ψ̃ = E[ψ(y + Δ) D^{-1/2}z] and ∇²ψ̃ = E[ψ(y + Δ) D^{-1/2}(zzᵀ − I)D^{-1/2}], so kinked
+    activations need no derivative beyond φ'. Returns {order: tensor} for the ``orders`` asked.
     """
     dim = k_outer.shape[1]
     z, w = _hermite_rule(max(nodes, ONE_D_NODES) if dim == 1 else nodes)
-    covs, hesses = [], []
+    results = {order: [] for order in orders}
     for p in range(k_outer.shape[0]):  # one pair at a time: nodes⁴ points
         ko, ki = k_outer[p:p + 1], k_inc[p:p + 1]
         if dim == 1:
-            y = torch.sqrt(ko[0, 0]) * z                       # (M,)
             root = torch.sqrt(ki[0, 0])
-            total = y[:, None] + root * z[None, :]             # (M, M')
-            inner = _psi(act, total, None, w2, statistic)                 # (M, M', 1)
-            ibp = ((z * z - 1.0) / ki[0, 0])[None, :, None]    # (1, M', 1): D^-1 (z² − 1)
-            smooth = torch.einsum("mjd,j->md", inner, w)
-            outer = _psi(act, y, None, w2, statistic)                     # (M, 1)
-            paired = outer - w @ outer if centred else outer
-            covs.append(torch.einsum("md,mc,m->dc", smooth, paired, w)[None])
-            if hessian:
-                hess = torch.einsum("mjd,j,mjh->mdh", inner, w, ibp.expand(len(z), -1, -1))
-                hesses.append(torch.einsum("mdh,mc,m->dhc", hess, paired, w)[None])
-            continue
-        u, v = symmetric_root_nodes(ko[:, 0], ko[:, 1], ko[:, 2], z)   # (1, M, M)
-        du, dv = symmetric_root_nodes(ki[:, 0], ki[:, 1], ki[:, 2], z)
-        (_, _, _), (ia, ib, ic) = _sqrt_and_inverse(ki)
-        # D^{-1/2} z for every inner node, then the IBP matrix D^{-1/2}(zzᵀ − I)D^{-1/2}
-        z1, z2 = z[:, None].expand(-1, len(z)), z[None, :].expand(len(z), -1)
-        g1, g2 = ia * z1 + ib * z2, ib * z1 + ic * z2
-        inv11, inv12, inv22 = ia * ia + ib * ib, ia * ib + ib * ic, ib * ib + ic * ic  # D^-1
-        ibp = torch.stack([g1 * g1 - inv11, g1 * g2 - inv12, g2 * g2 - inv22], dim=-1)  # (M', M', 3)
-        ww = (w[:, None] * w[None, :]).flatten()                              # (M'²,)
-        ibp_weight = ww[:, None] * ibp.reshape(-1, 3)                         # (M'², 3)
-        outer_u, outer_v, inner_u, inner_v = u[0].flatten(), v[0].flatten(), du[0].flatten(), dv[0].flatten()
-        smooth, hess = [], []
+            weight = {0: w[:, None], 1: (w * z / root)[:, None], 2: (w * (z * z - 1.0) / ki[0, 0])[:, None]}
+            outer_u, outer_v = torch.sqrt(ko[0, 0]) * z, None
+            inner_u, inner_v, outer_w = root * z, None, w
+        else:
+            u, v = symmetric_root_nodes(ko[:, 0], ko[:, 1], ko[:, 2], z)   # (1, M, M)
+            du, dv = symmetric_root_nodes(ki[:, 0], ki[:, 1], ki[:, 2], z)
+            (_, _, _), (ia, ib, ic) = _sqrt_and_inverse(ki)
+            # D^{-1/2} z for every inner node, then the IBP matrix D^{-1/2}(zzᵀ − I)D^{-1/2}
+            z1, z2 = z[:, None].expand(-1, len(z)), z[None, :].expand(len(z), -1)
+            g1, g2 = (ia * z1 + ib * z2).flatten(), (ib * z1 + ic * z2).flatten()
+            inv11, inv12, inv22 = ia * ia + ib * ib, ia * ib + ib * ic, ib * ib + ic * ic  # D^-1
+            outer_w = (w[:, None] * w[None, :]).flatten()                           # (M²,)
+            weight = {0: outer_w[:, None], 1: outer_w[:, None] * torch.stack([g1, g2], 1),
+                      2: outer_w[:, None] * torch.stack([g1 * g1 - inv11, g1 * g2 - inv12, g2 * g2 - inv22], 1)}
+            outer_u, outer_v, inner_u, inner_v = u[0].flatten(), v[0].flatten(), du[0].flatten(), dv[0].flatten()
+        columns = torch.cat([weight[order] for order in orders], dim=1)              # (M'², Σ widths)
+        o = _psi(act, outer_u, outer_v, w2, outer or inner)                          # (M², C)
+        paired = (o - outer_w @ o if centred else o) * outer_w[:, None]
+        total = 0.0
         for start in range(0, len(outer_u), _OUTER_BLOCK):  # bounded blocks of the M² × M'² grid
-            block = _components(act, outer_u[start:start + _OUTER_BLOCK, None] + inner_u,
-                                outer_v[start:start + _OUTER_BLOCK, None] + inner_v, w2, statistic)
-            smooth.append(torch.stack([c @ ww for c in block], dim=-1))                    # (B, S)
-            if hessian:
-                hess.append(torch.stack([c @ ibp_weight for c in block], dim=1))           # (B, S, 3)
-        smooth = torch.cat(smooth)
-        outer = _psi(act, outer_u, outer_v, w2, statistic)                               # (M², S)
-        paired = outer - ww @ outer if centred else outer
-        covs.append(torch.einsum("md,mc,m->dc", smooth, paired, ww)[None])
-        if hessian:
-            hesses.append(torch.einsum("mdh,mc,m->dhc", torch.cat(hess), paired, ww)[None])
-    return torch.cat(covs), (torch.cat(hesses) if hessian else None)
+            stop = start + _OUTER_BLOCK
+            block = _components(act, outer_u[start:stop, None] + inner_u,
+                                None if outer_v is None else outer_v[start:stop, None] + inner_v, w2, inner)
+            smoothed = torch.stack([c @ columns for c in block], dim=1)              # (B, I, Σ widths)
+            total = total + torch.einsum("bik,bc->ikc", smoothed, paired[start:stop])
+        at = 0
+        for order in orders:
+            width = weight[order].shape[1]
+            got = total[:, at:at + width]
+            results[order].append((got[:, 0] if order == 0 else got)[None])
+            at += width
+    return {order: torch.cat(parts) for order, parts in results.items()}
+
+
+def _cross_moments(act: Activation, k_outer: Tensor, k_inc: Tensor, w2: float, nodes: int,
+                   statistic: str = "nngp", centred: bool = True, hessian: bool = True):
+    """(cov, hess) of one statistic at two layers (:func:`nested_moments`, the same statistic
+    inside and out): cov (P, D, D) = E[ψ̃(y)(ψ(y) − E ψ)ᵀ], hess (P, D, H, D) its Hessian moments
+    E[∇²ψ̃(y)_h (ψ(y) − E ψ)_c] (None unless ``hessian``); with ``centred`` False the outer
+    factor is ψ(y) itself."""
+    got = nested_moments(act, k_outer, k_inc, w2, nodes, statistic, None, centred, (0, 2) if hessian else (0,))
+    return got[0], got.get(2)
 
 
 def _pair_with_matrix(hess: Tensor, coef: Tensor) -> Tensor:

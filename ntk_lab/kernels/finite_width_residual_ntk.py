@@ -61,14 +61,12 @@ one-hidden-layer MLP's V_Θ. These are the NTK-variance recursions of Roberts, Y
 *The Principles of Deep Learning Theory* (2022), ch. 8, and Hanin & Nica (2019), carried to
 residual blocks in the lab's conventions; checked against brute-force ensembles in the tests.
 
-Not derived here: the residual MLP's NTK mean correction Θ^(1) (it needs the O(1/n)
-correlation between a unit's own NTK entries and its pre-activations through the W^m that
-both reuse, over units that persist across layers).
+The NTK mean correction Θ^(1), from the same influences (:func:`residual_influences`), is in
+:mod:`ntk_lab.kernels.finite_width_residual_mean`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional
 
 import torch
@@ -80,15 +78,16 @@ from ntk_lab.kernels.finite_width_residual import NODES, _cross_moments, residua
 from ntk_lab.layers.activations import Activation
 
 
-def _unit_covariances(act: Activation, k: list, w2: float, b2: float, nodes: int) -> dict:
-    """Cov[e_a, e_c] (P, D+1, D+1) of one unit's statistics e = (ψ, φ'φ') at layers a ≥ c:
-    the same layer exactly (:func:`unit_moments`), across layers by the increments' smoothing."""
-    cov = {}
+def _unit_covariances(act: Activation, k: list, w2: float, b2: float, nodes: int, hessians: bool = False):
+    """Cov[e_a, e_c] (P, D+1, D+1) of one unit's statistics e = (ψ, φ'φ') at layers a ≥ c: the
+    same layer exactly (:func:`unit_moments`), across layers by the increments' smoothing; with
+    ``hessians`` also E[∇²ẽ_a(y)_h e_c(y)] (P, D+1, H, D+1) for a > c (the mean's self terms)."""
+    cov, hess = {}, {}
     for a in range(len(k)):
         cov[(a, a)] = unit_moments(act, k[a], w2, b2)[1]
         for c in range(a):
-            cov[(a, c)] = _cross_moments(act, k[c], k[a] - k[c], w2, nodes, "ntk", hessian=False)[0]
-    return cov
+            cov[(a, c)], hess[(a, c)] = _cross_moments(act, k[c], k[a] - k[c], w2, nodes, "ntk", hessian=hessians)
+    return cov, hess
 
 
 def _slope_products(act: Activation, k: list, w2: float, nodes: int) -> dict:
@@ -137,44 +136,80 @@ def _off_diagonal_terms(slopes: list, raw: dict, t: list, e4: list, beta2: float
         r = [c * (1.0 + beta2 * w2 * mu2) for c in r] + [beta2 * w2 * tt]
 
 
-def _propagate_residual_ntk(act: Activation, k1: Tensor, depth: int, w2: float, b2: float, beta: float,
-                            out_dim: int, nodes: int):
-    """(Θ_∞, V_Θ) per state k1 = Σ¹, (P, D) with D = 3 (pairs) or 1 (an input with itself)."""
+def residual_influences(act: Activation, k1: Tensor, depth: int, w2: float, b2: float, beta: float,
+                        nodes: int, hessians: bool = False) -> dict:
+    """The infinite-width trajectory of one residual unit and its influence functions, per state
+    k1 = Σ¹ (P, D), D = 3 (pairs) or 1 (an input with itself), at the layers j = 1…L+1 (lists
+    indexed 0…L): ``k`` K^j, ``maps`` (G^j, ∂G/∂K, ∂²G/∂K²), ``t`` T^j, ``bdot`` B^j = E[φ'φ'],
+    ``e4`` E[φ'(u)²φ'(v)²], ``slopes`` E[(φ'(u)², φ'(v)², φ'φ')]; and, as coefficients over the
+    stacked centred statistics (e_1 … e_{L+1}), e_j = (ψ(h^j), φ'φ'(h^j)) − E (N = (L+1)(D+1)):
+    ``influence`` IF_j (P, D, N), ``influence_b`` IF^B_j (P, N), ``delta_t`` δT^j (P, N) and
+    ``run`` R_j = Σ_{i<j} IF_i (P, D, N) (module docstring, part 1); ``cov`` {(a, c): Cov[e_a, e_c]}
+    for a ≥ c, and with ``hessians`` ``hess`` {(a, c): E[∇²ẽ_a e_c]} for a > c."""
     p, dim = k1.shape
     cross = 1 if dim == 3 else 0
     beta2, layers, size = beta * beta, depth + 1, dim + 1   # e_m = (ψ (D), φ'φ' (1))
     k, maps = [k1], []
-    for _ in range(layers):  # K^m, (G^m, J_m) for m = 1…L+1
+    for _ in range(layers):  # K^m, (G^m, J_m, H_m) for m = 1…L+1
         maps.append(_jacobian_hessian(act, k[-1], w2, b2))
         if len(k) < layers:
             k.append(k[-1] + beta2 * maps[-1][0])
-    cov_e = _unit_covariances(act, k, w2, b2, nodes)
-    # influences as coefficients over the stacked statistics (e_1 … e_{L+1}): (P, ·, layers·size)
+    cov_e, hess_e = _unit_covariances(act, k, w2, b2, nodes, hessians)
     basis = torch.eye(layers * size, dtype=torch.float64).expand(p, -1, -1)
+    out = {key: [] for key in ("t", "bdot", "e4", "slopes", "influence", "influence_b", "delta_t", "run")}
     run = k1.new_zeros(p, dim, layers * size)                      # R_m = Σ_{k<m} IF_k
     delta_t = k1.new_zeros(p, layers * size)                       # δT^m
-    ts, slopes, e4s = [k1[:, cross].clone()], [], []               # T¹ = Σ¹_12
+    t = k1[:, cross].clone()                                       # T¹ = Σ¹_12
     for m in range(layers):
         g, jac = maps[m][0], maps[m][1]
         mean, _, e4, b11, b22 = unit_moments(act, k[m], w2, b2)
-        bdot, t = mean[:, -1], ts[-1]
-        slopes.append(torch.stack([b11, b22, bdot], 1))
-        e4s.append(e4)
+        bdot = mean[:, -1]
         influence = basis[:, m * size:m * size + dim] + beta2 * jac @ run      # IF_m (P, D, ·)
         influence_b = basis[:, m * size + dim] + beta2 * torch.einsum(
             "pa,pac->pc", derivative_gradient(act, k[m]), run)                   # IF^B_m (P, ·)
-        if m == layers - 1:
-            shared = influence[:, cross] + w2 * (bdot[:, None] * delta_t + t[:, None] * influence_b)
-            variance = sum(torch.einsum("pa,pab,pb->p", shared[:, a * size:(a + 1) * size], _cov(cov_e, a, c),
-                                        shared[:, c * size:(c + 1) * size])
-                           for a in range(layers) for c in range(layers))
-            same, swap = _off_diagonal_terms(slopes, _slope_products(act, k, w2, nodes), ts, e4s, beta2, w2)
-            own = w2 * w2 * (2.0 * e4 * t * t + same + swap)
-            return g[:, cross] + w2 * bdot * t, variance + own / out_dim
+        for key, value in (("t", t), ("bdot", bdot), ("e4", e4), ("slopes", torch.stack([b11, b22, bdot], 1)),
+                           ("influence", influence), ("influence_b", influence_b), ("delta_t", delta_t),
+                           ("run", run)):
+            out[key].append(value)
         delta_t = delta_t * (1.0 + beta2 * w2 * bdot)[:, None] + beta2 * (
             w2 * t[:, None] * influence_b + influence[:, cross])
-        ts.append(t * (1.0 + beta2 * w2 * bdot) + beta2 * g[:, cross])
+        t = t * (1.0 + beta2 * w2 * bdot) + beta2 * g[:, cross]
         run = run + influence
+    out.update(k=k, maps=maps, cov=cov_e, hess=hess_e)
+    return out
+
+
+def stacked_covariance(state: dict) -> Tensor:
+    """Cov of the stacked centred statistics (e_1 … e_{L+1}) of :func:`residual_influences`,
+    (P, N, N): an influence a·e has variance aᵀ Σ a."""
+    cov_e, layers = state["cov"], len(state["k"])
+    return torch.cat([torch.cat([_cov(cov_e, a, c) for c in range(layers)], 2) for a in range(layers)], 1)
+
+
+def residual_variance(act: Activation, state: dict, w2: float, beta: float, out_dim: int, nodes: int) -> Tensor:
+    """V_Θ (P,) from the influences of :func:`residual_influences` (module docstring: the shared
+    part, then the readout's own diagonal and off-diagonal terms over ``out_dim`` outputs)."""
+    cross = 1 if state["k"][0].shape[1] == 3 else 0
+    t, bdot, e4 = state["t"][-1], state["bdot"][-1], state["e4"][-1]
+    shared = state["influence"][-1][:, cross] + w2 * (bdot[:, None] * state["delta_t"][-1]
+                                                      + t[:, None] * state["influence_b"][-1])
+    variance = torch.einsum("pa,pab,pb->p", shared, stacked_covariance(state), shared)
+    same, swap = _off_diagonal_terms(state["slopes"], _slope_products(act, state["k"], w2, nodes), state["t"],
+                                     state["e4"], beta * beta, w2)
+    return variance + w2 * w2 * (2.0 * e4 * t * t + same + swap) / out_dim
+
+
+def residual_limit(state: dict, w2: float) -> Tensor:
+    """Θ_∞ (P,) = G^{L+1}_12 + σ_w² B^{L+1} T^{L+1} from :func:`residual_influences`."""
+    cross = 1 if state["k"][0].shape[1] == 3 else 0
+    return state["maps"][-1][0][:, cross] + w2 * state["bdot"][-1] * state["t"][-1]
+
+
+def _propagate_residual_ntk(act: Activation, k1: Tensor, depth: int, w2: float, b2: float, beta: float,
+                            out_dim: int, nodes: int):
+    """(Θ_∞, V_Θ) per state k1 = Σ¹, (P, D) with D = 3 (pairs) or 1 (an input with itself)."""
+    state = residual_influences(act, k1, depth, w2, b2, beta, nodes)
+    return residual_limit(state, w2), residual_variance(act, state, w2, beta, out_dim, nodes)
 
 
 def _cov(cov_e: dict, a: int, c: int) -> Tensor:
@@ -207,17 +242,3 @@ def resmlp_ntk_variance(x1: Tensor, x2: Optional[Tensor] = None, *, activation: 
     if not torch.isfinite(var).all():
         raise ValueError("non-finite NTK variance of the residual MLP (inputs parallel at some layer?)")
     return {"ntk": ntk, "ntk_variance": var}
-
-
-def predicted_resmlp_ntk_error(x: Tensor, theta_inf: Tensor, *, width: int, activation: str | Activation,
-                               depth: int, w_std: float, b_std: float, branch_scale: float,
-                               out_dim: int = 1, nodes: int = NODES) -> float:
-    """The predicted root-mean-square ‖Θ̂_0 − Θ_∞‖_F / ‖Θ_∞‖_F of the width-n residual MLP on
-    inputs x (N, d), at leading order: √(Σ V_Θ/n) / ‖Θ_∞‖_F. The squared mean correction
-    Σ Θ^(1)²/n², which the MLP's prediction adds, is O(1/n²) and not derived here (a Monte Carlo
-    of these networks puts it below 0.4 % of Σ V_Θ/n at n = 64). ``theta_inf`` (N, N) is the
-    run's Θ_∞ on x."""
-    got = resmlp_ntk_variance(x, activation=activation, depth=depth, w_std=w_std, b_std=b_std,
-                              branch_scale=branch_scale, out_dim=out_dim, nodes=nodes)
-    norm = theta_inf.double().norm().item()
-    return math.sqrt(max(got["ntk_variance"].sum().item() / width, 0.0)) / norm if norm > 0 else float("nan")

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ntk_lab.kernels.finite_width_ntk import predicted_ntk_error
-from ntk_lab.kernels.finite_width_residual_ntk import predicted_resmlp_ntk_error, resmlp_ntk_variance
+from ntk_lab.kernels.finite_width_residual_mean import predicted_resmlp_ntk_error, resmlp_ntk_corrections
 from ntk_lab.kernels.monte_carlo import monte_carlo_kernels
 from ntk_lab.kernels.network_limit import LimitCost, estimate_limit_cost, format_duration, infinite_width_of
 from ntk_lab.models import NetworkSpec, build_network
@@ -169,7 +169,7 @@ PREDICTION_ANNOUNCE_S = 2.0
 
 
 def _announce_residual_cost(spec: NetworkSpec, x: Tensor) -> None:
-    """Time the residual MLP's V_Θ on 1 and on 4 distinct pairs of x after a warm-up (the
+    """Time the residual MLP's V_Θ and Θ^(1) on 1 and on 4 distinct pairs of x after a warm-up (the
     difference separates the per-call overhead from the per-pair cost), scale to x's distinct
     pairs (the diagonal's 1-D states are ~100× cheaper), and say so when it exceeds a few
     seconds."""
@@ -177,15 +177,15 @@ def _announce_residual_cost(spec: NetworkSpec, x: Tensor) -> None:
         return
     settings = dict(activation=spec.activation, depth=spec.depth, w_std=spec.w_std, b_std=spec.b_std,
                     branch_scale=spec.branch_scale, nodes=RESIDUAL_PREDICTION_NODES)
-    resmlp_ntk_variance(x[:1], **settings)  # warm-up: first-call costs, on a cheap 1-D state
+    resmlp_ntk_corrections(x[:1], **settings)  # warm-up: first-call costs, on a cheap 1-D state
     times = []
     for count in (1, 4):
         started = time.perf_counter()
-        resmlp_ntk_variance(x[:1], x[1:1 + count], **settings)
+        resmlp_ntk_corrections(x[:1], x[1:1 + count], **settings)
         times.append(time.perf_counter() - started)
     per_pair = max((times[1] - times[0]) / 3.0, 0.0)
     pairs = len(x) * (len(x) - 1) // 2
     seconds = max(times[0] - per_pair, 0.0) + per_pair * pairs
     if seconds > PREDICTION_ANNOUNCE_S:
-        print(f"ntk_lab: ntk_err_inf_pred (the residual MLP's NTK variance): ~{format_duration(seconds)} "
+        print(f"ntk_lab: ntk_err_inf_pred (the residual MLP's NTK corrections): ~{format_duration(seconds)} "
               f"for {pairs:,} pairs of probe inputs (estimated; data.n_probe sets the pairs)", flush=True)
