@@ -123,27 +123,30 @@ moments per pair and layer (exact polar integrals for relu, Gauss–Hermite grid
 128 points at depth 3 that took 0.3 s (relu), 4.2 s (erf) and 28 s (tanh, no closed form) here;
 a 4096-point probe set would take hours and gigabytes."""
 MAX_RESIDUAL_PREDICTION_PROBE = 32
-"""The residual MLP's V_Θ needs 4-D Gaussian moments per pair and pair of layers (a unit persists
-across layers): 16 points at depth 4 took 6 s (relu) and 10 s (tanh) here with
-``RESIDUAL_PREDICTION_NODES``, so 32 points ~25–40 s."""
+"""The residual MLP's V_Θ and Θ^(1) need 4-D Gaussian moments per pair and pair of layers (a unit
+persists across layers): with ``RESIDUAL_PREDICTION_NODES``, on this 2-core machine while another
+job ran, 16 points at depth 4 took 19 s (relu) and 26 s (tanh; V_Θ alone 13 and 16 s), and 32
+points 105 s (tanh). The run announces the estimate first (:func:`_announce_residual_cost`)."""
 RESIDUAL_PREDICTION_NODES = 24
 """Gauss–Hermite nodes per axis of the residual MLP's nested rule in a run (40 by default): 7×
 cheaper; against 56 nodes V_Θ moves by 0.3 % (erf, depth 2), 0.4 % (tanh, depth 3) and 2.4 %
-(tanh, depth 5, β = 1), so the predicted ‖Θ_0 − Θ_∞‖ by half that."""
+(tanh, depth 5, β = 1), so the predicted ‖Θ_0 − Θ_∞‖ by half that; Θ^(1) by 0.25 % of its
+largest entry (erf and relu, depth 2)."""
 
 
 def fluctuation_prediction(spec: NetworkSpec, x: Tensor, theta_inf: Tensor, out_dim: int,
                            source: LimitSource = LimitSource()) -> tuple[Optional[float], str]:
     """(``ntk_err_inf_pred``, '') — the predicted root-mean-square ‖Θ_0 − Θ_∞‖_F/‖Θ_∞‖_F at the
-    run's width on the probe inputs x, from the NTK's finite-width variance
-    (:func:`ntk_lab.kernels.finite_width_ntk.predicted_ntk_error`) — or (None, why not)."""
+    run's width on the probe inputs x, from the NTK's finite-width variance and mean correction
+    (:func:`ntk_lab.kernels.finite_width_ntk.predicted_ntk_error`, and for a residual MLP
+    :func:`ntk_lab.kernels.finite_width_residual_mean.predicted_resmlp_ntk_error`) — or (None, why not)."""
     if spec.name not in ("mlp", "resmlp"):
         return None, "ntk_err_inf_pred: the NTK's finite-width corrections are derived for the MLP and the residual MLP only"
     if source.monte_carlo:
         return None, "ntk_err_inf_pred: predicted against the closed-form Θ_∞ only"
     residual = spec.name == "resmlp"
     if residual and spec.parameterization == "standard":
-        return None, "ntk_err_inf_pred: the residual MLP's NTK variance is derived for parameterization ntk (and mup)"
+        return None, "ntk_err_inf_pred: the residual MLP's NTK corrections are derived for parameterization ntk (and mup)"
     limit = MAX_RESIDUAL_PREDICTION_PROBE if residual else MAX_PREDICTION_PROBE
     if len(x) > limit:
         return None, (f"ntk_err_inf_pred: not computed for a probe set of {len(x)} points (its pairs' "
