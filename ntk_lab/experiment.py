@@ -39,6 +39,7 @@ from ntk_lab.training.limit_source import (
 )
 from ntk_lab.training.lr_units import absolute_learning_rate
 from ntk_lab.training.optimizers import OptimizerSettings, infinite_width_support
+from ntk_lab.training.velocity_prediction import kappa_rate
 from ntk_lab.records import (
     STATUS_FAILED, STATUS_INTERRUPTED, STATUS_RUNNING, RunRecorder, write_summary,
 )
@@ -313,7 +314,7 @@ def run_experiment(
         notes["cost_estimates"] = {name: {"seconds": round(cost.seconds, 3), "pairs": cost.pairs,
                                           "as_text": format_duration(cost.seconds)}
                                    for name, cost in costs.items()}
-    err_pred = None
+    err_pred = kappa_rate_value = None
     if not kernels_on:
         notes["kernels"] = "off (ntk.enabled=false): no empirical NTK, no Θ_∞ and no metric built on them"
     else:  # how far Θ_0 should be from Θ_∞ at this width (the NTK's 1/n variance)
@@ -321,6 +322,12 @@ def run_experiment(
             config.model.spec(), static["probe_x"], static["theta_inf"] / config.model.output_scale**2,
             data.out_dim, limit_source(config))
         notes["ntk_err_inf_pred"] = err_pred if err_pred is not None else why_not
+        kappa_rate_value, why_not = kappa_rate(  # how fast Θ should move at the start (its 1/n velocity)
+            config.model.spec(), data.x_probe, data.x_train, data.y_train, out_dim=data.out_dim,
+            loss=config.train.loss, optimizer=optimizer_settings(config, lr), batch_size=config.train.batch_size,
+            output_scale=config.model.output_scale, center=config.model.center,
+            monte_carlo=limit_source(config).monte_carlo)
+        notes["kappa_pred"] = (f"{kappa_rate_value!r} × time" if kappa_rate_value is not None else why_not)
     notes.update(geometry_notes(config, plan, model, len(data.x_probe), dtype))
     write_summary(run_dir, _summary(config, STATUS_RUNNING, "", started, **notes))
     logger = logger or NullLogger()
@@ -340,7 +347,7 @@ def run_experiment(
         spectrum_max_probe=config.ntk.spectrum_max_probe,
         lambda_max=config.ntk.lambda_max is True or (
             config.ntk.lambda_max == "auto" and config.train.lr_unit == "crit"),
-        ntk_err_inf_pred=err_pred,
+        ntk_err_inf_pred=err_pred, kappa_pred_rate=kappa_rate_value if kernels_on else None,
     )
     if not kernels_on:
         settings.record_jac_change = settings.kappa_hessian = False

@@ -55,6 +55,11 @@ WIDTH_16_BIAS = 0.1
 """n·(E[Θ̂] − Θ_∞) at width 16 against its 1/n → 0 limit Θ^(1), relative to the largest |Θ^(1)|:
 the O(1/n) term. Measured with 10⁶ width-16 networks (erf, depth 4, β = 0.7): ≤ 0.025 against the
 prediction, ≤ 0.08 against the ensembles' own extrapolation (whose SE is up to 0.06)."""
+V_EXTRAPOLATION_RTOL = 0.04
+"""n·Var extrapolated as c0 + c1/n from widths 16, 32, 64 against V_Θ: the fit's own bias where the
+1/n² terms are large. Measured with 10⁶ networks per width (gelu, depth 3, β = 1): that fit sits
+0.7–3.7 % below V_Θ, while c0 + c1/n + c2/n² over widths 16–128 agrees within 1.3 SE on every
+pair (tanh, depth 3: every fit within 1.3 SE)."""
 Z_TOL = 4.0
 """Standard errors allowed between a prediction and the extrapolated Monte Carlo: 6 pairs per
 case; a correct prediction lands beyond 3 SE in ~2% of cases, beyond 4 in 0.04%."""
@@ -226,8 +231,9 @@ def test_corrections_against_monte_carlo(activation, depth, beta, out_dim, monke
     fails on some entry (measured: by 9.6 SE for erf at depth 2, 10.8 tanh, 6.1 gelu, 8.5 erf at
     depth 4), and so does the mean recursion without the block's first-order term, which an MLP
     layer does not have (10.3, 7.3, 5.2, 14.6 SE; relu's ablations move both by only 3–5 SE).
-    Measured agreement: every Θ^(1) entry within 2.6 SE, every V_Θ entry within 3.4 SE (gelu's
-    (x1, x1): 0.548 against 0.521 ± 0.008; 10⁶-network ensembles put Θ^(1) within 1.6 SE)."""
+    Measured agreement: every Θ^(1) entry within 2.6 SE (10⁶-network ensembles: 1.6), every V_Θ
+    entry within 3.4 SE — gelu's (x1, x1), 0.548 against 0.521 ± 0.008, is the three-width fit's
+    own bias (V_EXTRAPOLATION_RTOL)."""
     torch.set_num_threads(1)
     act = get_activation(activation)
     settings = dict(activation=act, depth=depth, b_std=B_STD, branch_scale=beta, out_dim=out_dim)
@@ -245,7 +251,8 @@ def test_corrections_against_monte_carlo(activation, depth, beta, out_dim, monke
             v, v_se = estimates[name][pair]
             print(f"{activation} L{depth} β{beta} O{out_dim} {pair} {key}: {pred[key][pair].item():+.4f} | "
                   f"{v:+.4f} ± {v_se:.4f} (ablated: {ablated[key][pair].item():+.4f})")
-            assert abs(v - pred[key][pair].item()) <= Z_TOL * v_se, (key, pair, pred[key][pair].item(), v, v_se)
+            bias = V_EXTRAPOLATION_RTOL * abs(pred[key][pair].item()) if key == "ntk_variance" else 0.0
+            assert abs(v - pred[key][pair].item()) <= Z_TOL * v_se + bias, (key, pair, pred[key][pair].item(), v, v_se)
             worst[key] = max(worst[key], abs(v - ablated[key][pair].item()) / v_se)
     if activation != "relu":  # relu's slopes are 0/1 steps: its ablations move V_Θ and Θ^(1) by ~3 SE
         assert worst["ntk_variance"] > Z_TOL and worst["ntk_mean_correction"] > Z_TOL

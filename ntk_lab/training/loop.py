@@ -70,6 +70,8 @@ class TrainSettings:
             ``eta_lambda`` = η·λ_max at every checkpoint (:mod:`ntk_lab.training.lr_units`).
         ntk_err_inf_pred: the column of that name (the predicted ‖Θ_0 − Θ_∞‖_F/‖Θ_∞‖_F at
             this width), or None for no column.
+        kappa_pred_rate: the column ``kappa_pred`` = this rate × time (the small-t κ the theory
+            predicts, :mod:`ntk_lab.training.velocity_prediction`), or None for no column.
     """
 
     steps: int = 200
@@ -94,6 +96,7 @@ class TrainSettings:
     spectrum_max_probe: int = DEFAULT_SPECTRUM_MAX_PROBE
     lambda_max: bool = False
     ntk_err_inf_pred: Optional[float] = None
+    kappa_pred_rate: Optional[float] = None
 
     def optimizer_settings(self) -> OptimizerSettings:
         return self.optimizer or OptimizerSettings("sgd", lr=self.lr)
@@ -246,6 +249,8 @@ class _Checkpointer:
         if self.kernels is not None:
             theta, jac_change = self.kernels(self.model)
             row.update(self._kernel_metrics(theta))
+            if s.kappa_pred_rate is not None:
+                row["kappa_pred"] = s.kappa_pred_rate * row["time"]
             if jac_change is not None:
                 row["jac_change"] = jac_change
             layers, ck = probe_geometry_inputs(self.model, data.x_probe, s.memory_budget_bytes,
