@@ -29,6 +29,10 @@ ROUNDING_RTOL = 1e-12
 RUN_DATA_RTOL = 1e-6
 """A run's kappa_pred against the rate recomputed from the same data: the run holds its inputs in
 the model's float32 (measured 1e-8 relative)."""
+USER_RTOL = 1e-6
+"""A user's copy of erf against the built-in erf on the same quadrature: the copy's φ' comes from
+autograd, the built-in's from its closed form; and Θ_∞ from the Hermite series against the
+closed form (1e-10)."""
 Z_TOL = 4.0
 """Standard errors allowed between a prediction and an ensemble (9 entries per check)."""
 WIDTH_BIAS_RTOL = 0.05
@@ -217,3 +221,17 @@ def test_kappa_after_one_step_is_the_prediction(tmp_path, width):
     velocity = mlp_kernel_velocity(x, x_train, y_train.reshape(-1), activation=act, b_std=STUDY_B_STD)
     mean_only = lr ** 2 * (velocity["velocity_mean"] ** 2).sum().item() / (width * velocity["ntk"].norm().item()) ** 2
     assert mean_only < 0.3 * predicted
+
+
+def test_a_user_activation_takes_its_second_derivative_from_autograd():
+    """A user's activation (its φ' is autograd's, with no graph of its own) gets φ'' by autograd
+    twice: the example module's copy of erf gives erf's closed form φ''(h) = −(4/√π) h e^{−h²},
+    and the same velocity as the built-in erf."""
+    from ntk_lab.kernels.kernel_velocity import _second_derivative
+    user = get_activation("ntk_lab.examples.activations:erf_copy")
+    h = torch.linspace(-3.0, 3.0, 13, dtype=torch.float64)
+    expected = -4.0 / math.sqrt(math.pi) * h * torch.exp(-h * h)
+    assert torch.allclose(_second_derivative(user, h), expected, rtol=ROUNDING_RTOL, atol=ROUNDING_RTOL)
+    mine = mlp_kernel_velocity(X, X_TRAIN, Y_TRAIN, activation=user, w_std=W_STD, b_std=B_STD, samples=2 ** 12)
+    builtin = mlp_kernel_velocity(X, X_TRAIN, Y_TRAIN, activation="erf", w_std=W_STD, b_std=B_STD, samples=2 ** 12)
+    assert torch.allclose(mine["velocity_mean_square"], builtin["velocity_mean_square"], rtol=USER_RTOL, atol=0.0)

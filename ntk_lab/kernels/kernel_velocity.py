@@ -57,11 +57,15 @@ MAX_POINTS = 64
 
 
 def _second_derivative(act: Activation, h: Tensor) -> Tensor:
-    """φ''(h) by autograd of the activation's own φ' (0 where φ' is constant)."""
+    """φ''(h) by autograd of φ twice (a user's activation's φ' carries no graph of its own);
+    0 where φ is linear."""
     with torch.enable_grad():
         leaf = h.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(act.derivative(leaf).sum(), leaf, allow_unused=True)
-    return torch.zeros_like(h) if grad is None else grad.detach()
+        (first,) = torch.autograd.grad(act.fn(leaf).sum(), leaf, create_graph=True)
+        if not first.requires_grad:
+            return torch.zeros_like(h)
+        (second,) = torch.autograd.grad(first.sum(), leaf, allow_unused=True)
+    return torch.zeros_like(h) if second is None else second.detach()
 
 
 def _unit_samples(sigma: Tensor, samples: int, seed: int) -> Tensor:

@@ -37,7 +37,9 @@ def kappa_rate(spec: NetworkSpec, x_probe: Tensor, x_train: Tensor, y_train: Ten
     missing = [need for failed, need in reasons if failed]
     if missing:
         return None, "kappa_pred: derived for " + "; ".join(missing)
-    x = x_probe.flatten(1)
-    value = predicted_kappa(x, x_train.flatten(1), y_train, t=1.0, width=spec.width, activation=spec.activation,
-                            w_std=spec.w_std, b_std=spec.b_std)
+    try:
+        value = predicted_kappa(x_probe.flatten(1), x_train.flatten(1), y_train, t=1.0, width=spec.width,
+                                activation=spec.activation, w_std=spec.w_std, b_std=spec.b_std)
+    except (ValueError, RuntimeError) as err:  # the run goes on without the column
+        return None, f"kappa_pred: {err}"
     return value, ""
