@@ -43,8 +43,9 @@ smooth activations, ~3e-4 for relu (its kinks), far below the Monte-Carlo precis
 reaches (~1%). Same-layer covariances use the exact
 :func:`ntk_lab.kernels.finite_width.fourth_moment_covariance`.
 
-This is the forward (NNGP) part; the residual MLP's NTK corrections also need the backward
-pass's reuse of the W^m and are not derived here.
+This is the forward (NNGP) part. The NTK's corrections, which also need the backward pass's
+reuse of the W^m, build on the same rule: :mod:`ntk_lab.kernels.finite_width_residual_ntk`
+(V_Θ) and :mod:`ntk_lab.kernels.finite_width_residual_mean` (Θ^(1)).
 """
 
 from __future__ import annotations
