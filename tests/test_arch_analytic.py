@@ -170,11 +170,11 @@ def test_composed_mlp_equals_the_keyword_form(act):
 
 # --------------------------------------------------------------------------- (d) one code path
 @pytest.mark.parametrize("make,x", [
-    (lambda a: CNN(2, 4, 2, out_dim=1, activation=a, parameterization="ntk", w_std=1.2, b_std=0.1), torch.randn(3, 2, 4, 4, dtype=F64)),
+    (lambda a: CNN(2, 4, 2, out_dim=1, activation=a, parameterization="ntk", w_std=1.2, b_std=0.1), torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(7), dtype=F64)),
     (lambda a: CNN(2, 4, 2, out_dim=1, activation=a, parameterization="ntk", w_std=1.2, b_std=0.1, readout="flatten", padding="circular",
-                   spatial_shape=(4, 4)), torch.randn(3, 2, 4, 4, dtype=F64)),
-    (lambda a: ResMLP(3, 4, 2, out_dim=1, activation=a, parameterization="ntk", w_std=1.2, b_std=0.1, branch_scale=0.7), torch.randn(4, 3, dtype=F64)),
-])
+                   spatial_shape=(4, 4)), torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(8), dtype=F64)),
+    (lambda a: ResMLP(3, 4, 2, out_dim=1, activation=a, parameterization="ntk", w_std=1.2, b_std=0.1, branch_scale=0.7), torch.randn(4, 3, generator=torch.Generator().manual_seed(9), dtype=F64)),
+])  # seeded: unseeded inputs drew from the global generator at collection, a different draw per suite
 def test_series_path_matches_the_closed_form_inside_conv_and_residual_nets(make, x):
     """erf without its dual goes through the Hermite series (the path of tanh, gelu, …)."""
     erf = get_activation("erf")
