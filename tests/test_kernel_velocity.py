@@ -29,17 +29,21 @@ ROUNDING_RTOL = 1e-12
 RUN_DATA_RTOL = 1e-6
 """A run's kappa_pred against the rate recomputed from the same data: the run holds its inputs in
 the model's float32 (measured 1e-8 relative)."""
-USER_RTOL = 1e-6
-"""A user's copy of erf against the built-in erf on the same quadrature: the copy's φ' comes from
-autograd, the built-in's from its closed form; and Θ_∞ from the Hermite series against the
-closed form (1e-10)."""
+USER_RTOL = 1e-10
+"""A user's copy of erf against the built-in erf on the same quasi-Monte-Carlo points: the copy's
+φ and φ'' come from autograd, the built-in's φ' from its closed form; measured 1e-14."""
 Z_TOL = 4.0
 """Standard errors allowed between a prediction and an ensemble (9 entries per check)."""
 WIDTH_BIAS_RTOL = 0.05
 """n²E[(dΘ/dt)²] at width 128 against its n → ∞ limit: the O(1/n) term, measured ≤ 2.3 % (erf,
 tanh; 40 000 networks), and 2.5–4.5 % at width 32."""
 QMC_RTOL = 3e-3
-"""Two scramblings of the quasi-Monte-Carlo rule: measured ≤ 1e-3 relative to the largest entry."""
+"""Two scramblings of the quasi-Monte-Carlo rule, relative to the largest entry: measured 1.0e-3
+(erf) and 9.6e-4 (tanh) for n²E[(dΘ/dt)²], 5.5e-4 for the mean."""
+MEAN_SHARE_MAX = 0.5
+"""‖n·E[dΘ/dt]‖² ÷ Σ n²E[(dΘ/dt)²]: the mean's share of the velocity's square. Measured 0.125 (erf)
+and 0.137 (tanh) on these inputs, 0.15 on the default circle data; a velocity that were its mean
+(no zero-mean part from the targets) would give 1."""
 
 
 def _network_kernels(act, width, params):
@@ -106,7 +110,7 @@ def test_mean_square_velocity_against_an_ensemble():
     est, se = square.mean(0), square.std(0) / math.sqrt(len(square))
     allowed = Z_TOL * se + WIDTH_BIAS_RTOL * pred["velocity_mean_square"]
     assert ((est - pred["velocity_mean_square"]).abs() <= allowed).all(), (est, pred["velocity_mean_square"], se)
-    assert (pred["velocity_mean"] ** 2).sum() < 0.5 * pred["velocity_mean_square"].sum()
+    assert (pred["velocity_mean"] ** 2).sum() < MEAN_SHARE_MAX * pred["velocity_mean_square"].sum()
 
 
 def test_quadrature_is_converged_and_inputs_are_checked():
@@ -220,7 +224,7 @@ def test_kappa_after_one_step_is_the_prediction(tmp_path, width):
     assert abs(squares.mean().item() / predicted - 1.0) <= KAPPA_RTOL
     velocity = mlp_kernel_velocity(x, x_train, y_train.reshape(-1), activation=act, b_std=STUDY_B_STD)
     mean_only = lr ** 2 * (velocity["velocity_mean"] ** 2).sum().item() / (width * velocity["ntk"].norm().item()) ** 2
-    assert mean_only < 0.3 * predicted
+    assert mean_only < MEAN_SHARE_MAX * predicted
 
 
 def test_a_user_activation_takes_its_second_derivative_from_autograd():

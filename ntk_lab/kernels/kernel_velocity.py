@@ -50,7 +50,8 @@ SAMPLES = 2 ** 17
 """Scrambled Sobol points of one unit's pre-activations on all the inputs (a quasi-Monte-Carlo
 rule: the moments couple four inputs, and a tensor Gauss–Hermite rule in 4-D misses erf's narrow
 φ' once a variance is ≳ 2: 30 nodes per axis still gave 15 % low). Two scramblings differ by
-< 1e-3 relative in n²E[(dΘ/dt)²] on unit-scale inputs; the Monte-Carlo checks reach ~1 %."""
+≤ 1.0e-3 of the largest entry of n²E[(dΘ/dt)²] on unit-scale inputs; the Monte-Carlo checks
+reach ~1 %."""
 KINKED = ("relu", "leaky_relu", "abs")
 MAX_POINTS = 64
 """Inputs (probe and training) the velocity takes: its cost is P²N²/2 · SAMPLES."""
